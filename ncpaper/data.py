@@ -1,0 +1,235 @@
+"""MNIST and CIFAR-10 as balanced, in-memory tensors with a provenance record.
+
+The data root is, in order: the ``root`` argument, the ``NCPAPER_DATA`` environment variable,
+``./data``. Sources tried for each dataset (the first found wins, and the provenance says which):
+
+* MNIST: torchvision's layout ``<root>/MNIST/raw/*-ubyte``; otherwise torchvision downloads it.
+* CIFAR-10: the official python batches ``<root>/cifar-10-batches-py``; a class-folder copy
+  ``<root>/cifar10-jpeg/{train,test}/<class>/*.jpg`` read with ``ImageFolder``; the tarball
+  ``<root>/cifar10-jpeg.tar.gz`` unpacked once into the cache (``NCPAPER_CACHE``, default
+  ``~/.cache/ncpaper``); otherwise torchvision downloads the official files.
+
+A balanced subset takes ``n_per_class`` images of every class, chosen by ``seed``; the whole
+subset is held as one float32 tensor so training does no per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DATASETS", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root", "load"]
+
+# Per-channel normalisation constants of the official training sets.
+_NORMALISATION = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+DATASETS = tuple(_NORMALISATION)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor downloadable."""
+
+
+@dataclass
+class LabelledImages:
+    """A split held in memory: normalised images ``x`` (N x ...), labels ``y`` (N), provenance."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: tuple[str, ...]
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.y, minlength=self.num_classes).tolist()
+
+    def is_balanced(self) -> bool:
+        return len(set(self.class_counts())) == 1
+
+    def require_balanced(self) -> None:
+        """The theory assumes a balanced set: raise if this one is not."""
+        if not self.is_balanced():
+            raise ValueError(f"the theory assumes balanced classes, but this {self.provenance.get('dataset')} "
+                             f"split has class counts {self.class_counts()}; load it with n_per_class")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    return Path(root or os.environ.get("NCPAPER_DATA") or "data").expanduser()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NCPAPER_CACHE") or "~/.cache/ncpaper").expanduser()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _missing(dataset: str, root: Path, looked_for: list[Path], err: Exception | None) -> DataNotFoundError:
+    where = ", ".join(str(p) for p in looked_for)
+    why = f" and downloading failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})" if err else ""
+    return DataNotFoundError(
+        f"{dataset} not found under data root {root.resolve()} (looked for {where}){why}. "
+        "Put the files there, or point the NCPAPER_DATA environment variable (or root=) at a folder "
+        "that holds them.")
+
+
+def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
+    from torchvision.datasets import MNIST
+
+    split = "train" if train else "t10k"
+    raw = root / "MNIST" / "raw"
+    files = [raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"]
+    source = "MNIST IDX files (torchvision layout)"
+    if not all(f.exists() for f in files):
+        if not download:
+            raise _missing("MNIST", root, files, None)
+        try:
+            MNIST(str(root), train=train, download=True)
+        except Exception as err:  # noqa: BLE001 - any network failure means the same to the user
+            raise _missing("MNIST", root, files, err) from None
+        source = "MNIST downloaded by torchvision"
+    ds = MNIST(str(root), train=train, download=False)
+    images = ds.data.numpy()[:, None, :, :]
+    provenance = {"source": source, "location": str(raw.resolve()),
+                  "files": {f.name: sha256_file(f) for f in files}}
+    return images, ds.targets.numpy(), tuple(str(i) for i in range(10)), provenance
+
+
+def _unpack_jpeg_tarball(tarball: Path) -> Path:
+    """Unpack the CIFAR-10 JPEG tarball once into the cache; return the ``cifar10-jpeg`` folder."""
+    target = cache_dir() / f"cifar10-jpeg-{sha256_file(tarball)[:12]}"
+    if not (target / "train").exists():
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="data")
+        inner = next(tmp.rglob("train")).parent
+        try:
+            inner.rename(target)  # atomic: a reader sees a complete folder or none
+        except OSError:
+            if not (target / "train").exists():
+                raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
+    from torchvision.datasets import CIFAR10, ImageFolder
+
+    split = "train" if train else "test"
+    official = root / "cifar-10-batches-py"
+    folder = root / "cifar10-jpeg"
+    tarball = root / "cifar10-jpeg.tar.gz"
+    if not official.exists() and not (folder / split).exists():
+        if tarball.exists():
+            folder = _unpack_jpeg_tarball(tarball)
+        elif download:
+            try:
+                CIFAR10(str(root), train=train, download=True)
+            except Exception as err:  # noqa: BLE001
+                raise _missing("CIFAR-10", root, [official, folder, tarball], err) from None
+        else:
+            raise _missing("CIFAR-10", root, [official, folder, tarball], None)
+    if official.exists():
+        ds = CIFAR10(str(root), train=train, download=False)
+        images = ds.data.transpose(0, 3, 1, 2)
+        files = sorted(official.glob("*_batch*"))
+        provenance = {"source": "CIFAR-10 (official python batches)", "location": str(official.resolve()),
+                      "files": {f.name: sha256_file(f) for f in files}}
+        return images, np.asarray(ds.targets), tuple(ds.classes), provenance
+    ds = ImageFolder(str(folder / split))
+    if tuple(ds.classes) != CIFAR10_CLASSES:
+        raise ValueError(f"{folder / split} has class folders {ds.classes}, expected {list(CIFAR10_CLASSES)}")
+    provenance = {"source": "CIFAR-10 (JPEG q75 copy)", "location": str((folder / split).resolve()),
+                  "files": {tarball.name: sha256_file(tarball)} if tarball.exists() else {}}
+    return _LazyImageFolder(ds), np.asarray(ds.targets), CIFAR10_CLASSES, provenance
+
+
+class _LazyImageFolder:
+    """Decode only the images that a subset selects (a JPEG copy need not be decoded in full)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(self.folder.loader(self.folder.samples[i][0]).convert("RGB"))
+                         for i in indices]).transpose(0, 3, 1, 2)
+
+
+_LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}
+
+
+def balanced_indices(labels: np.ndarray, num_classes: int, n_per_class: int, seed: int,
+                     dataset: str = "dataset") -> np.ndarray:
+    """``n_per_class`` indices of every class, drawn without replacement by ``seed``, sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if n_per_class > len(members):
+            raise ValueError(f"asked for {n_per_class} images per class, but class {c} of {dataset} "
+                             f"has only {len(members)}")
+        chosen.append(rng.choice(members, size=n_per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def load(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
+         root: str | os.PathLike | None = None, download: bool = True) -> LabelledImages:
+    """Load ``dataset`` ('mnist' or 'cifar10'), ``split`` ('train' or 'test') as tensors.
+
+    ``n_per_class=None`` keeps the whole split (unbalanced for MNIST); an integer takes a
+    balanced subset chosen by ``seed``.
+    """
+    if dataset not in _LOADERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if n_per_class is not None and (int(n_per_class) != n_per_class or n_per_class < 1):
+        raise ValueError(f"n_per_class must be a positive integer or None, got {n_per_class!r}")
+    base = data_root(root)
+    images, labels, classes, provenance = _LOADERS[dataset](base, split == "train", download)
+    if n_per_class is None:
+        indices = np.arange(len(labels))
+    else:
+        indices = balanced_indices(labels, len(classes), int(n_per_class), seed, f"the {dataset} {split} split")
+    pixels = np.ascontiguousarray(images[indices])
+    mean, std = _NORMALISATION[dataset]
+    x = torch.from_numpy(pixels).float().div_(255)
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    y = torch.from_numpy(labels[indices].astype(np.int64))
+    provenance.update({
+        "dataset": dataset, "split": split, "n_per_class": n_per_class, "seed": seed,
+        "class_counts": torch.bincount(y, minlength=len(classes)).tolist(),
+        "pixels_sha256": hashlib.sha256(pixels.tobytes() + y.numpy().tobytes()).hexdigest(),
+        "normalisation": {"mean": list(mean), "std": list(std)},
+    })
+    return LabelledImages(x=x, y=y, class_names=classes, provenance=provenance)

@@ -1,0 +1,268 @@
+"""Training with the paper's objective, measuring Neural Collapse at log-spaced epochs.
+
+    L(W) = 1/(2NC) sum_i ||y_i - f(x_i)||^2 + lambda/2 sum_k ||W_k||_F^2      (one-hot y_i)
+
+optimised by SGD with momentum. The penalty's gradient lambda W_k is exactly SGD's
+``weight_decay=lambda``, applied to every layer (the networks have no other parameters).
+This module returns rows and states; it knows nothing of files (see :mod:`ncpaper.results`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+from . import data as data_module
+from .metrics import ClassStatistics, classifier_alignment, count_ncc_mismatches, neural_collapse_from_statistics
+from .models import MODELS, make_model, weight_matrices
+
+__all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "square_loss"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the features became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers (and so its cache key)."""
+
+    dataset: str = "mnist"
+    model: str = "mlp"
+    sizes: dict = field(default_factory=lambda: {"widths": [512, 512, 512]})
+    n_per_class: int | None = 100
+    n_test_per_class: int | None = 100
+    weight_decay: float = 0.0  # the paper's lambda
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 1000
+    lr_milestones: tuple = (0.8,)  # fractions of `epochs` where the rate is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    n_measurements: int = 30
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)}")
+        values = dict(values)
+        if "lr_milestones" in values:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        return cls(**values).validated()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    def validated(self) -> RunConfig:
+        """Check the configuration before any work; raise ValueError naming what is wrong."""
+        problems = []
+        if self.dataset not in data_module.DATASETS:
+            problems.append(f"unknown dataset {self.dataset!r} (choose from {list(data_module.DATASETS)})")
+        if self.model not in MODELS:
+            problems.append(f"unknown model {self.model!r} (choose from {sorted(MODELS)})")
+        for name in ("lr", "epochs", "batch_size", "n_measurements"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be positive, got {value!r}")
+        for name in ("epochs", "batch_size", "n_measurements", "seed"):
+            if int(getattr(self, name)) != getattr(self, name):
+                problems.append(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"weight_decay (lambda) must be >= 0, got {self.weight_decay!r}")
+        if not (0 <= self.momentum < 1):
+            problems.append(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (0 < self.lr_gamma <= 1):
+            problems.append(f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
+        if any(not 0 < m < 1 for m in self.lr_milestones):
+            problems.append(f"lr_milestones are fractions of the epochs in (0, 1), got {list(self.lr_milestones)}")
+        for name in ("n_per_class", "n_test_per_class"):
+            value = getattr(self, name)
+            if value is not None and (int(value) != value or value < 1):
+                problems.append(f"{name} must be a positive integer or null (whole split), got {value!r}")
+        if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            problems.append(f"device must be 'cpu', 'cuda' or 'mps', got {self.device!r}")
+        if problems:
+            raise ValueError("invalid run configuration: " + "; ".join(problems))
+        return self
+
+    def describe(self) -> str:
+        return (f"{self.dataset}/{self.model} lambda={self.weight_decay:g} seed={self.seed} "
+                f"n={self.n_per_class}/class epochs={self.epochs}")
+
+
+def measurement_epochs(epochs: int, n: int) -> list[int]:
+    """About ``n`` log-spaced epochs in 1..epochs, always including the last."""
+    points = np.unique(np.round(np.geomspace(1, epochs, num=max(n, 2))).astype(int))
+    return sorted({int(e) for e in points} | {epochs})
+
+
+def square_loss(outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """1/(2 B C) sum_i ||y_i - f(x_i)||^2 with one-hot y_i (reduction='sum' drops the 1/(B C))."""
+    residual = outputs.clone()
+    residual[torch.arange(len(labels), device=labels.device), labels] -= 1
+    total = residual.pow(2).sum() / 2
+    return total / outputs.numel() if reduction == "mean" else total
+
+
+@torch.no_grad()
+def measure(model, train: data_module.LabelledImages, test: data_module.LabelledImages | None,
+            weight_decay: float, batch_size: int = 4096) -> dict:
+    """Losses, errors, eps, the balance of Lemma 2, layer norms and NC1-NC4 on the training set."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    c = model.num_classes
+    n = len(train.y)
+    stats = ClassStatistics(c, model.feature_dim, device=device)
+    sums = dict.fromkeys(("loss", "errors", "on_class", "off_class", "fit"), 0.0)
+    for start in range(0, n, batch_size):
+        xb, yb = train.x[start:start + batch_size].to(device), train.y[start:start + batch_size].to(device)
+        h = model.features(xb)
+        f = model.classifier(h).double()
+        if not (torch.isfinite(h).all() and torch.isfinite(f).all()):
+            raise TrainingDivergedError("features or outputs became NaN or infinite")
+        stats.update(h, yb)
+        onehot = torch.nn.functional.one_hot(yb, c).double()
+        sums["loss"] += square_loss(f, yb, reduction="sum").item()
+        sums["errors"] += (f.argmax(1) != yb).sum().item()
+        on = (f * onehot).sum(1)
+        sums["on_class"] += on.sum().item()
+        sums["off_class"] += (f.sum(1) - on).sum().item()
+        sums["fit"] += ((onehot - f) * f).sum().item()
+    w = model.classifier.weight
+    mismatches = sum(
+        count_ncc_mismatches(model.features(train.x[s:s + batch_size].to(device)), w, stats.means)
+        for s in range(0, n, batch_size))
+    norms = {f"layer_norm_sq_{k}": float(p.detach().double().pow(2).sum())
+             for k, (_, p) in enumerate(weight_matrices(model), start=1)}
+    row = {
+        "train_loss": sums["loss"] / (n * c),
+        "train_objective": sums["loss"] / (n * c) + weight_decay / 2 * sum(norms.values()),
+        "train_error": sums["errors"] / n,
+        "eps": 1 - sums["on_class"] / n,  # 1 - mean_i f_{y_i}(x_i)
+        "off_class_mean": sums["off_class"] / (n * (c - 1)),  # eps/(C-1) under symmetry
+        "fit_term": sums["fit"] / (n * c),  # (1/NC) sum_i <y_i - f_i, f_i>: lambda ||W_k||^2 at a critical point
+    }
+    if test is not None:
+        row.update(_evaluate(model, test, batch_size))
+    row.update(neural_collapse_from_statistics(stats, w, mismatches))
+    align = classifier_alignment(w, stats.centred_means())
+    row.update({"w_means_scale": align.scale, "w_means_residual": align.relative_residual,
+                "w_mean_cosine": align.mean_cosine, "w_row_norm_sq": align.mean_row_norm_sq})
+    row.update(norms)
+    model.train(was_training)
+    return row
+
+
+def _evaluate(model, split: data_module.LabelledImages, batch_size: int) -> dict:
+    device = next(model.parameters()).device
+    loss, errors = 0.0, 0
+    for start in range(0, len(split.y), batch_size):
+        xb, yb = split.x[start:start + batch_size].to(device), split.y[start:start + batch_size].to(device)
+        f = model(xb).double()
+        loss += square_loss(f, yb, reduction="sum").item()
+        errors += int((f.argmax(1) != yb).sum())
+    n = len(split.y)
+    return {"test_loss": loss / (n * model.num_classes), "test_error": errors / n}
+
+
+@dataclass
+class TrainingState:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    epoch: int
+    rows: list
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    generator: torch.Tensor
+    train_seconds: float
+    measure_seconds: float
+
+
+def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume: TrainingState | None = None,
+        on_checkpoint=None, checkpoint_every: int = 0) -> tuple[list[dict], torch.nn.Module, dict]:
+    """Train one run; return (rows, model, timings). One row per measured epoch.
+
+    ``resume`` continues from a :class:`TrainingState`; ``on_checkpoint(state)`` is called every
+    ``checkpoint_every`` epochs (0: never) so a caller can save it.
+    """
+    config = config.validated()
+    device = torch.device(config.device)
+    if train is None:
+        train = data_module.load(config.dataset, "train", config.n_per_class, config.seed)
+    if test is None and config.n_test_per_class is not None:
+        test = data_module.load(config.dataset, "test", config.n_test_per_class, config.seed)
+    torch.manual_seed(config.seed)
+    model = make_model(config.model, train.input_shape, train.num_classes, **config.sizes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows: list[dict] = []
+    start_epoch, train_seconds, measure_seconds = 0, 0.0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        generator.set_state(resume.generator)
+        rows, start_epoch = list(resume.rows), resume.epoch
+        train_seconds, measure_seconds = resume.train_seconds, resume.measure_seconds
+
+    x, y = train.x.to(device), train.y.to(device)
+    targets = torch.nn.functional.one_hot(y, train.num_classes).float()
+    n, scale = len(y), 1.0 / train.num_classes
+    to_measure = set(measurement_epochs(config.epochs, config.n_measurements))
+    epochs = range(start_epoch + 1, config.epochs + 1)
+    if progress:
+        from tqdm import tqdm
+
+        epochs = tqdm(epochs, desc=config.describe(), initial=start_epoch, total=config.epochs)
+    for epoch in epochs:
+        tic = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for start in range(0, n, config.batch_size):
+            idx = order[start:start + config.batch_size]
+            out = model(x[idx])
+            # 1/(2BC) sum ||y - f||^2: the batch estimate of the paper's data term
+            loss = (out - targets[idx]).pow(2).sum() * (0.5 * scale / len(idx))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+        scheduler.step()
+        train_seconds += time.perf_counter() - tic
+        if epoch in to_measure or not math.isfinite(total.item()):
+            if not math.isfinite(total.item()):
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {epoch} (loss {total.item()}) for {config.describe()}, "
+                    f"lr={config.lr}: lower the learning rate or the weight decay")
+            tic = time.perf_counter()
+            try:
+                row = measure(model, train, test, config.weight_decay)
+            except TrainingDivergedError as err:
+                raise TrainingDivergedError(f"{err} at epoch {epoch} for {config.describe()}") from None
+            measure_seconds += time.perf_counter() - tic
+            rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **row})
+            if progress:
+                epochs.set_postfix(loss=f"{row['train_loss']:.2e}", nc1=f"{row['nc1']:.2e}")
+        if on_checkpoint and checkpoint_every and (epoch % checkpoint_every == 0) and epoch < config.epochs:
+            on_checkpoint(TrainingState(epoch, rows, model.state_dict(), optimizer.state_dict(),
+                                        scheduler.state_dict(), generator.get_state(), train_seconds,
+                                        measure_seconds))
+    timings = {"train_seconds": train_seconds, "measure_seconds": measure_seconds,
+               "images_per_second": n * config.epochs / max(train_seconds, 1e-9)}
+    return rows, model, timings
