@@ -115,7 +115,7 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
             raise _missing("MNIST", root, files, None)
         try:
             MNIST(str(root), train=train, download=True)
-        except Exception as err:  # noqa: BLE001 - any network failure means the same to the user
+        except Exception as err:
             raise _missing("MNIST", root, files, err) from None
         source = "MNIST downloaded by torchvision"
     ds = MNIST(str(root), train=train, download=False)
@@ -155,7 +155,7 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
         elif download:
             try:
                 CIFAR10(str(root), train=train, download=True)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 raise _missing("CIFAR-10", root, [official, folder, tarball], err) from None
         else:
             raise _missing("CIFAR-10", root, [official, folder, tarball], None)

@@ -30,7 +30,7 @@ from . import __version__
 from . import data as data_module
 from .train import RunConfig, TrainingState, fit
 
-__all__ = ["SCHEMA_VERSION", "Run", "config_key", "load_run", "results_dir", "run_or_load"]
+__all__ = ["SCHEMA_VERSION", "Run", "collect", "config_key", "load_run", "results_dir", "run_or_load"]
 
 SCHEMA_VERSION = 1
 # Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers.
@@ -144,7 +144,7 @@ def _load_checkpoint(path: Path, key: str) -> TrainingState | None:
         if saved.get("key") != key:
             return None
         return TrainingState(**saved["state"])
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is simply not used
+    except Exception as err:
         warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=2)
         return None
 
@@ -197,3 +197,8 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
     if run is None:
         raise RuntimeError(f"the result just written to {path} does not read back; is the disk full?")
     return run
+
+
+def collect(runs: list[Run]) -> pd.DataFrame:
+    """One tidy table (one row per run x measured epoch) from several runs."""
+    return pd.concat([run.table for run in runs], ignore_index=True)

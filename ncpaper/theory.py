@@ -11,6 +11,7 @@ normalisation each of the slides' closed forms belongs to.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import sympy as sp
@@ -27,6 +28,7 @@ __all__ = [
     "predicted_classifier_scale",
     "predicted_row_norm_sq",
     "quasi_interpolation_fit_term",
+    "theorem_check",
 ]
 
 C, alpha, eps, lam, kappa, N = sp.symbols("C alpha epsilon lambda kappa N", positive=True)
@@ -140,12 +142,33 @@ def homogeneity_residual(model: torch.nn.Module, x: torch.Tensor) -> float:
 
     Computed in float64 with autograd on the summed outputs (a random projection keeps it general).
     """
-    model = model.double()
+    model = copy.deepcopy(model).double()
     out = model(x.double())
     direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     value = (out * direction).sum()
     params = list(model.parameters())
     grads = torch.autograd.grad(value, params)
-    residuals = [abs(float((p * g).sum() - value)) for p, g in zip(params, grads, strict=True)]
-    model.float()
-    return max(residuals) / abs(float(value))
+    residuals = [abs(((p * g).sum() - value).item()) for p, g in zip(params, grads, strict=True)]
+    return max(residuals) / abs(value.item())
+
+
+def theorem_check(last: dict, weight_decay: float, num_classes: int) -> dict:
+    """The theorem's closed forms at the measured eps, against the measured end-of-training values.
+
+    ``last`` is a results-table row (``eps``, ``w_row_norm_sq``, ``w_means_scale``, ``w_mean_cosine``,
+    ``fit_term``, ``layer_norm_sq_*``).
+    """
+    e = float(last["eps"])
+    layers = sorted(k for k in last if str(k).startswith("layer_norm_sq_"))
+    return {
+        "eps": e,
+        "row_norm_sq_predicted": predicted_row_norm_sq(e, weight_decay, num_classes),
+        "row_norm_sq_measured": float(last["w_row_norm_sq"]),
+        "scale_predicted": predicted_classifier_scale(e, weight_decay, num_classes),
+        "scale_measured": float(last["w_means_scale"]),
+        "cosine_predicted": -1.0 / (num_classes - 1),
+        "cosine_measured": float(last["w_mean_cosine"]),
+        "fit_term": float(last["fit_term"]),
+        "symmetric_fit_term": float(quasi_interpolation_fit_term().subs({eps: e, C: num_classes})),
+        **{f"lambda_{k}": weight_decay * float(last[k]) for k in layers},
+    }

@@ -1,0 +1,111 @@
+"""Build the book: run the profile's sweep, execute every notebook with papermill, render with Jupyter Book.
+
+Notebooks are Jupytext MyST files in ``notebooks/``; executed copies land in ``book/executed/``
+(never committed). The site is rendered into a staging folder and moved to ``_build/html`` only
+when the build succeeded, so a failed build never leaves a site that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["NOTEBOOKS", "build_book", "build_site", "execute_notebooks", "glued_values"]
+
+# (source in notebooks/, executed name in book/executed/, extra papermill parameters)
+NOTEBOOKS = [
+    ("setting.md", "setting", {}),
+    ("lemma1.md", "lemma1", {}),
+    ("lemma2.md", "lemma2", {}),
+    ("theorem.md", "theorem", {}),
+    ("figure.md", "figure1_cifar10", {"figure": "cifar10", "figure_number": 1}),
+    ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2}),
+    ("reproduce.md", "reproduce", {}),
+]
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -> dict[str, float]:
+    """Execute every notebook on ``profile``; return seconds per notebook. Fails naming notebook and cell."""
+    import jupytext
+    import papermill as pm
+
+    root = Path(root).resolve()
+    out_dir = root / "book" / "executed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for source, name, params in NOTEBOOKS:
+        if only and name not in only:
+            continue
+        nb = jupytext.read(root / "notebooks" / source)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        staged = out_dir / f".{name}.input.ipynb"
+        jupytext.write(nb, staged, fmt="ipynb")
+        tic = time.perf_counter()
+        try:
+            pm.execute_notebook(str(staged), str(out_dir / f"{name}.ipynb"), cwd=str(root),
+                                parameters={"profile": profile, **params}, kernel_name="python3",
+                                progress_bar=False)
+        except pm.PapermillExecutionError as err:
+            raise NotebookFailed(f"notebook notebooks/{source} (as {name}) failed in cell {err.exec_count}: "
+                                 f"{err.ename}: {err.evalue}") from None
+        finally:
+            staged.unlink(missing_ok=True)
+        seconds[name] = time.perf_counter() - tic
+    return seconds
+
+
+def build_site(root: Path) -> Path:
+    """Render the book with warnings as errors; replace ``_build/html`` only on success."""
+    root = Path(root).resolve()
+    staging = root / "_build" / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--path-output", str(staging), "-W", "-n",
+           "--keep-going"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"Jupyter Book build failed (exit {result.returncode}); the previous site, if any, "
+                           f"is untouched.\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    html = root / "_build" / "html"
+    shutil.rmtree(html, ignore_errors=True)
+    os.replace(staging / "_build" / "html", html)
+    shutil.rmtree(staging, ignore_errors=True)
+    return html
+
+
+def build_book(root: Path, profile: str = "default", workers: int = 1) -> dict:
+    """Sweep, execute, render. Returns timings in seconds."""
+    from .profiles import all_configs
+    from .sweep import run_sweep
+
+    root = Path(root).resolve()
+    timings = {}
+    tic = time.perf_counter()
+    run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
+    timings["sweep"] = time.perf_counter() - tic
+    timings["notebooks"] = execute_notebooks(root, profile)
+    tic = time.perf_counter()
+    build_site(root)
+    timings["render"] = time.perf_counter() - tic
+    return timings
+
+
+def glued_values(notebook: Path) -> dict:
+    """The values a notebook glued with myst-nb, as the text the page shows."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    values = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                values[name] = output.get("data", {}).get("text/plain")
+    return values

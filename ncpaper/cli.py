@@ -1,0 +1,95 @@
+"""``ncpaper train`` (one run) and ``ncpaper sweep`` (a profile's runs, or a weight-decay grid)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .data import DataNotFoundError
+from .profiles import all_configs, figure_configs, profile_names
+from .results import results_dir
+from .sweep import run_sweep
+from .train import RunConfig, TrainingDivergedError
+
+
+def _sizes(args) -> dict:
+    if args.model == "mlp":
+        return {"widths": args.widths}
+    return {"channels": args.channels, "fc_width": args.fc_width}
+
+
+def _run_settings(parser: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    parser.add_argument("--dataset", default=d.dataset, help="mnist or cifar10")
+    parser.add_argument("--model", default=d.model, help="mlp or convnet")
+    parser.add_argument("--widths", type=int, nargs="+", default=[512, 512, 512], help="MLP hidden widths")
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="ConvNet channels")
+    parser.add_argument("--fc-width", type=int, default=256, help="ConvNet feature width")
+    parser.add_argument("--n-per-class", type=int, default=d.n_per_class, help="training images per class")
+    parser.add_argument("--n-test-per-class", type=int, default=d.n_test_per_class)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--momentum", type=float, default=d.momentum)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--n-measurements", type=int, default=d.n_measurements)
+    parser.add_argument("--device", default=d.device)
+
+
+def _config(args, weight_decay: float, seed: int) -> RunConfig:
+    return RunConfig.from_dict({
+        "dataset": args.dataset, "model": args.model, "sizes": _sizes(args), "n_per_class": args.n_per_class,
+        "n_test_per_class": args.n_test_per_class, "weight_decay": weight_decay, "lr": args.lr,
+        "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
+        "n_measurements": args.n_measurements, "seed": seed, "device": args.device})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ncpaper", description=__doc__)
+    parser.add_argument("--results", help="results folder (default: $NCPAPER_RESULTS or ./results)")
+    parser.add_argument("--data", help="data root (default: $NCPAPER_DATA or ./data)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or read from the cache) one run")
+    _run_settings(train)
+    train.add_argument("--weight-decay", type=float, default=0.0, help="the paper's lambda")
+    train.add_argument("--seed", type=int, default=0)
+
+    sweep = commands.add_parser("sweep", help="run a profile's figures, or a weight-decay x seed grid")
+    sweep.add_argument("--profile", choices=profile_names(), help="run every run of this profile")
+    sweep.add_argument("--figure", help="with --profile: only this figure (cifar10 or mnist)")
+    _run_settings(sweep)
+    sweep.add_argument("--weight-decays", type=float, nargs="*", default=[0.0, 1e-3, 5e-3])
+    sweep.add_argument("--seeds", type=int, nargs="*", default=[0])
+    sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
+    sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            configs = [_config(args, args.weight_decay, args.seed)]
+            workers, scheduler = 1, None
+        else:
+            if args.profile:
+                configs = (figure_configs(args.profile, args.figure, args.device if args.device != "cpu" else None)
+                           if args.figure else all_configs(args.profile))
+            else:
+                configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
+            workers, scheduler = args.workers, args.scheduler
+        runs = run_sweep(configs, workers=workers, scheduler=scheduler, results=args.results,
+                         data_root=args.data)
+    except (ValueError, DataNotFoundError, TrainingDivergedError, ConnectionError) as err:
+        print(f"ncpaper: error: {err}", file=sys.stderr)
+        return 2
+    print(f"results in {results_dir(args.results).resolve()}:")
+    for run in runs:
+        last = run.last
+        print(f"  {run.path}  {run.config.describe()}  nc1={last['nc1']:.3g} nc3={last['nc3']:.3g} "
+              f"train_error={last['train_error']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

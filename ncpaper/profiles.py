@@ -1,0 +1,49 @@
+"""Named experiment profiles (smoke | default | paper) read from ``profiles.yaml``.
+
+A profile lists, for each figure, the shared run settings plus the weight decays and seeds to
+sweep; :func:`figure_configs` expands them into :class:`~ncpaper.train.RunConfig` objects.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import yaml
+
+from .train import RunConfig
+
+__all__ = ["FIGURES", "all_configs", "figure_configs", "load_profile", "profile_names"]
+
+FIGURES = ("cifar10", "mnist")  # Figure 1 is CIFAR-10, Figure 2 is MNIST, as in the slides
+
+
+def _profiles() -> dict:
+    return yaml.safe_load(resources.files("ncpaper").joinpath("profiles.yaml").read_text())
+
+
+def profile_names() -> list[str]:
+    return list(_profiles())
+
+
+def load_profile(name: str) -> dict:
+    profiles = _profiles()
+    if name not in profiles:
+        raise ValueError(f"unknown profile {name!r}; choose one of {list(profiles)}")
+    return profiles[name]
+
+
+def figure_configs(profile: str, figure: str, device: str | None = None) -> list[RunConfig]:
+    """The runs of one figure: every weight decay x seed of the profile."""
+    spec = load_profile(profile)["figures"]
+    if figure not in spec:
+        raise ValueError(f"profile {profile!r} has no figure {figure!r}; it has {list(spec)}")
+    settings = dict(spec[figure])
+    weight_decays, seeds = settings.pop("weight_decays"), settings.pop("seeds", [0])
+    if device is not None:
+        settings["device"] = device
+    return [RunConfig.from_dict({**settings, "weight_decay": float(wd), "seed": int(s)})
+            for wd in weight_decays for s in seeds]
+
+
+def all_configs(profile: str, device: str | None = None) -> list[RunConfig]:
+    return [c for figure in load_profile(profile)["figures"] for c in figure_configs(profile, figure, device)]

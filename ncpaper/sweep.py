@@ -1,0 +1,79 @@
+"""Run many configurations: in this process, or one Dask task per run on a local or remote cluster.
+
+Each run goes through :func:`ncpaper.results.run_or_load`, so finished runs are read from the
+cache, a restarted sweep only trains what is missing, and the file lock keeps two overlapping
+sweeps from training the same run twice at once. Dask supplies the scheduling and the retries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .results import Run, results_dir, run_or_load
+from .train import RunConfig
+
+__all__ = ["run_sweep"]
+
+
+def _run_in_worker(config: RunConfig, results: str, data_root: str | None, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    return str(run_or_load(config, results, data_root=data_root).path)
+
+
+def run_sweep(configs: list[RunConfig], workers: int = 1, scheduler: str | None = None,
+              results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+              progress: bool = True) -> list[Run]:
+    """Run (or read) every config; return the runs in the order given.
+
+    ``workers=1`` and no ``scheduler``: one after another in this process. ``workers>1``: a Dask
+    ``LocalCluster`` of that many single-threaded processes. ``scheduler``: the address of a
+    running Dask scheduler (a SLURM cluster through dask-jobqueue, for instance).
+    """
+    configs = [c.validated() for c in configs]
+    if not configs:
+        raise ValueError("the sweep is empty: give at least one weight decay and one seed")
+    root = str(results_dir(results).resolve())
+    data = str(Path(data_root).resolve()) if data_root else os.environ.get("NCPAPER_DATA")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 and scheduler is None:
+        from tqdm import tqdm
+
+        return [run_or_load(c, root, data_root=data, progress=progress)
+                for c in tqdm(configs, desc="runs", disable=not progress or len(configs) == 1)]
+    return _run_on_dask(configs, workers, scheduler, root, data, progress)
+
+
+def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]:
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
+    from .results import load_run
+
+    cluster = None
+    try:
+        if scheduler is None:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            threads = 1
+            try:
+                client = Client(scheduler, timeout="10s")
+            except (OSError, TimeoutError) as err:
+                raise ConnectionError(f"cannot reach a Dask scheduler at {scheduler!r} ({err}); start one "
+                                      "with `dask scheduler` or leave --scheduler out for a local cluster") from None
+        with client:
+            futures = client.map(_run_in_worker, configs, results=root, data_root=data, threads=threads,
+                                 pure=False, retries=1)
+            for _ in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
+                pass
+            paths = client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return [load_run(Path(p)) for p in paths]
