@@ -16,15 +16,17 @@ from pathlib import Path
 
 __all__ = ["NOTEBOOKS", "build_book", "build_site", "execute_notebooks", "glued_values"]
 
-# (source in notebooks/, executed name in book/executed/, extra papermill parameters)
+# (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
-    ("setting.md", "setting", {}),
-    ("lemma1.md", "lemma1", {}),
-    ("lemma2.md", "lemma2", {}),
-    ("theorem.md", "theorem", {}),
-    ("figure.md", "figure1_cifar10", {"figure": "cifar10", "figure_number": 1}),
-    ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2}),
-    ("reproduce.md", "reproduce", {}),
+    ("setting.md", "setting", {}, None),
+    ("lemma1.md", "lemma1", {}, None),
+    ("lemma2.md", "lemma2", {}, None),
+    ("theorem.md", "theorem", {}, None),
+    ("figure.md", "figure1_cifar10", {"figure": "cifar10", "figure_number": 1},
+     "Figure 1: Neural Collapse on CIFAR-10, with and without weight decay"),
+    ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2},
+     "Figure 2: Neural Collapse on MNIST, with and without weight decay"),
+    ("reproduce.md", "reproduce", {}, None),
 ]
 
 
@@ -41,11 +43,15 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for source, name, params in NOTEBOOKS:
+    for source, name, params, title in NOTEBOOKS:
         if only and name not in only:
             continue
         nb = jupytext.read(root / "notebooks" / source)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        if title:  # one template, several pages: each page gets its own title
+            heading = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# "))
+            heading.source = f"# {title}" + heading.source[heading.source.find("\n"):] \
+                if "\n" in heading.source else f"# {title}"
         staged = out_dir / f".{name}.input.ipynb"
         jupytext.write(nb, staged, fmt="ipynb")
         tic = time.perf_counter()

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_settings(train)
     train.add_argument("--weight-decay", type=float, default=0.0, help="the paper's lambda")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser("sweep", help="run a profile's figures, or a weight-decay x seed grid")
     sweep.add_argument("--profile", choices=profile_names(), help="run every run of this profile")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
             workers, scheduler = args.workers, args.scheduler
         runs = run_sweep(configs, workers=workers, scheduler=scheduler, results=args.results,
-                         data_root=args.data)
+                         data_root=args.data, progress=not getattr(args, "quiet", False))
     except (ValueError, DataNotFoundError, TrainingDivergedError, ConnectionError) as err:
         print(f"ncpaper: error: {err}", file=sys.stderr)
         return 2

@@ -191,14 +191,13 @@ _LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}
 def balanced_indices(labels: np.ndarray, num_classes: int, n_per_class: int, seed: int,
                      dataset: str = "dataset") -> np.ndarray:
     """``n_per_class`` indices of every class, drawn without replacement by ``seed``, sorted."""
+    counts = np.bincount(labels, minlength=num_classes)
+    smallest = int(counts.argmin())
+    if n_per_class > counts[smallest]:
+        raise ValueError(f"asked for {n_per_class} images per class, but class {smallest} of {dataset} "
+                         f"has only {counts[smallest]}: ask for at most {counts[smallest]}")
     rng = np.random.default_rng(seed)
-    chosen = []
-    for c in range(num_classes):
-        members = np.flatnonzero(labels == c)
-        if n_per_class > len(members):
-            raise ValueError(f"asked for {n_per_class} images per class, but class {c} of {dataset} "
-                             f"has only {len(members)}")
-        chosen.append(rng.choice(members, size=n_per_class, replace=False))
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=n_per_class, replace=False) for c in range(num_classes)]
     return np.sort(np.concatenate(chosen))
 
 

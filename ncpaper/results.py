@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from . import __version__
 from . import data as data_module
-from .train import RunConfig, TrainingState, fit
+from .train import RunConfig, TrainingDivergedError, TrainingState, fit
 
 __all__ = ["SCHEMA_VERSION", "Run", "collect", "config_key", "load_run", "results_dir", "run_or_load"]
 
@@ -169,10 +169,16 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
         checkpoint = path / "checkpoint.pt"
         resume = _load_checkpoint(checkpoint, key)
         tic = time.perf_counter()
-        rows, model, timings = fit(
-            config, train, test, progress=progress, resume=resume,
-            on_checkpoint=lambda state: _save_checkpoint(checkpoint, key, state),
-            checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, config.epochs // 10))
+        try:
+            rows, model, timings = fit(
+                config, train, test, progress=progress, resume=resume,
+                on_checkpoint=lambda state: _save_checkpoint(checkpoint, key, state),
+                checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, config.epochs // 10))
+        except TrainingDivergedError as err:  # leave a record of the failure, never a result
+            record = {"config": config.to_dict(), "error": str(err), "versions": _versions(), "git": _git_state(),
+                      "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            _atomic_write(path / "failed.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+            raise
         table = pd.DataFrame(rows)
         for i, column in enumerate(RUN_COLUMNS):
             value = key if column == "run_id" else getattr(config, column)

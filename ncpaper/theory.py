@@ -28,6 +28,7 @@ __all__ = [
     "predicted_classifier_scale",
     "predicted_row_norm_sq",
     "quasi_interpolation_fit_term",
+    "quasi_interpolation_residual_sum",
     "theorem_check",
 ]
 
@@ -76,6 +77,16 @@ def quasi_interpolation_fit_term() -> sp.Expr:
     on, off = 1 - eps, eps / (C - 1)
     inner = (1 - on) * on + (C - 1) * (0 - off) * off
     return sp.simplify(inner / C)
+
+
+def quasi_interpolation_residual_sum() -> sp.Expr:
+    """sum_c (y - f)_c under symmetric quasi-interpolation: eps - (C-1) eps/(C-1) = 0.
+
+    At a critical point W_L = 1/(N kappa lambda) sum_i (y_i - f_i) h_i^T, so this zero makes the rows
+    of W_L sum to zero, hence sum_c f_c(x) = 0 for every x, while symmetric quasi-interpolation has
+    sum_c f_c = (1 - eps) + eps = 1. With lambda > 0 the hypothesis can hold only approximately.
+    """
+    return sp.simplify(eps + (C - 1) * (-eps / (C - 1)))
 
 
 def derive_balance_identity() -> sp.Expr:

@@ -253,8 +253,10 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
             tic = time.perf_counter()
             try:
                 row = measure(model, train, test, config.weight_decay)
-            except TrainingDivergedError as err:
-                raise TrainingDivergedError(f"{err} at epoch {epoch} for {config.describe()}") from None
+            except (TrainingDivergedError, ValueError) as err:  # NaN features, or all ReLUs dead
+                raise TrainingDivergedError(f"training diverged at epoch {epoch} ({err}) for "
+                                            f"{config.describe()}, lr={config.lr}: lower the learning rate "
+                                            "or the weight decay") from None
             measure_seconds += time.perf_counter() - tic
             rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **row})
             if progress:

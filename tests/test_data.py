@@ -1,0 +1,66 @@
+"""Balanced subsets, provenance, the JPEG copy of CIFAR-10, and missing-data errors."""
+
+import pytest
+import torch
+
+from ncpaper import data
+
+
+def test_mnist_balanced_subset_is_seeded_and_recorded():
+    a = data.load("mnist", "train", n_per_class=5, seed=1)
+    b = data.load("mnist", "train", n_per_class=5, seed=1)
+    c = data.load("mnist", "train", n_per_class=5, seed=2)
+    assert a.x.shape == (50, 1, 28, 28) and a.x.dtype == torch.float32
+    assert a.class_counts() == [5] * 10 and a.is_balanced()
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert not torch.equal(a.x, c.x)
+    p = a.provenance
+    assert p["source"].startswith("MNIST") and p["dataset"] == "mnist" and p["seed"] == 1
+    assert p["files"]["train-images-idx3-ubyte"].startswith("ba891046")  # sha256 in shared/data/README.md
+    assert p["pixels_sha256"] == b.provenance["pixels_sha256"] != c.provenance["pixels_sha256"]
+
+
+def test_whole_mnist_split_is_unbalanced_and_the_theory_refuses_it():
+    test = data.load("mnist", "test")
+    assert len(test.y) == 10_000 and not test.is_balanced()
+    with pytest.raises(ValueError, match="the theory assumes balanced classes"):
+        test.require_balanced()
+
+
+def test_cifar10_jpeg_copy_from_the_tarball():
+    split = data.load("cifar10", "test", n_per_class=3, seed=0)
+    assert split.x.shape == (30, 3, 32, 32)
+    assert split.class_names[0] == "airplane" and split.class_counts() == [3] * 10
+    assert split.provenance["source"] == "CIFAR-10 (JPEG q75 copy)"
+    assert split.provenance["files"]["cifar10-jpeg.tar.gz"].startswith("1fab6e73")
+    assert abs(split.x.mean().item()) < 0.5  # normalised
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dataset": "svhn"}, "unknown dataset 'svhn'"),
+        ({"dataset": "mnist", "split": "val"}, "split must be 'train' or 'test'"),
+        ({"dataset": "mnist", "n_per_class": 6000}, "class 5 of the mnist train split has only 5421"),
+        ({"dataset": "mnist", "n_per_class": 0}, "positive integer"),
+    ],
+)
+def test_bad_requests(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        data.load(**kwargs)
+
+
+def test_missing_dataset_without_network_names_the_root(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(data.DataNotFoundError) as err:
+        data.load("mnist", root=tmp_path / "nowhere")
+    message = str(err.value)
+    assert str((tmp_path / "nowhere").resolve()) in message and "NCPAPER_DATA" in message
+    assert "network is unreachable" in message and "\n" not in message
+    with pytest.raises(data.DataNotFoundError, match="CIFAR-10 not found"):
+        data.load("cifar10", root=tmp_path / "nowhere", download=False)

@@ -1,0 +1,87 @@
+"""The objective, the measurements, determinism, validation and divergence."""
+
+import math
+
+import pytest
+import torch
+
+from ncpaper import data
+from ncpaper.metrics import neural_collapse
+from ncpaper.train import RunConfig, TrainingDivergedError, fit, measure, measurement_epochs, square_loss
+
+TINY = {"dataset": "mnist", "sizes": {"widths": [16, 16]}, "n_per_class": 4, "n_test_per_class": 2,
+        "epochs": 12, "lr": 0.1, "batch_size": 16, "n_measurements": 4}
+
+
+def test_square_loss_is_the_papers_data_term():
+    out = torch.tensor([[0.5, 0.2, -0.1], [0.0, 1.5, 0.3]])
+    y = torch.tensor([0, 1])
+    expected = ((0.5**2 + 0.2**2 + 0.1**2) + (0.0 + 0.5**2 + 0.3**2)) / (2 * 2 * 3)
+    assert square_loss(out, y).item() == pytest.approx(expected)
+
+
+def test_measurement_epochs_are_log_spaced_and_end_at_the_last():
+    epochs = measurement_epochs(1000, 30)
+    assert epochs[0] == 1 and epochs[-1] == 1000 and epochs == sorted(set(epochs))
+    assert 20 <= len(epochs) <= 31
+
+
+def test_measure_agrees_with_the_metrics_on_the_features():
+    train = data.load("mnist", "train", n_per_class=6, seed=0)
+    torch.manual_seed(0)
+    from ncpaper.models import make_model
+
+    model = make_model("mlp", train.input_shape, 10, widths=[20, 20])
+    row = measure(model, train, None, weight_decay=1e-2, batch_size=7)  # several batches
+    with torch.no_grad():
+        direct = neural_collapse(model.features(train.x), train.y, model.classifier.weight)
+        f = model(train.x).double()
+    for key, value in direct.items():
+        assert row[key] == pytest.approx(value, rel=1e-5), key  # float32 forward passes, batched differently
+    norms = sum(v for k, v in row.items() if k.startswith("layer_norm_sq_"))
+    assert row["train_objective"] == pytest.approx(row["train_loss"] + 1e-2 / 2 * norms)
+    onehot = torch.nn.functional.one_hot(train.y, 10).double()
+    assert row["fit_term"] == pytest.approx(((onehot - f) * f).sum().item() / (60 * 10))
+    assert row["eps"] == pytest.approx(1 - (f * onehot).sum().item() / 60)
+
+
+def test_same_seed_same_numbers_and_other_seed_differs():
+    a, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}))
+    b, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}))
+    c, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3, "seed": 1}))
+    assert a == b
+    assert a[-1]["nc1"] != c[-1]["nc1"]
+    assert [r["epoch"] for r in a] == measurement_epochs(12, 4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"model": "vit"}, "unknown model 'vit'"),
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"lr": -1.0}, "lr must be positive"),
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"epochs": 2.5}, "epochs must be an integer"),
+        ({"weight_decay": -1e-3}, "weight_decay \\(lambda\\) must be >= 0"),
+        ({"weight_decay": math.nan}, "weight_decay"),
+        ({"momentum": 1.0}, "momentum must be in"),
+        ({"lr_milestones": [1.5]}, "lr_milestones are fractions"),
+        ({"n_per_class": 0}, "n_per_class must be a positive integer"),
+        ({"device": "tpu"}, "device must be"),
+        ({"widths": [3]}, "unknown configuration key"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(change, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict({**TINY, **change})
+
+
+def test_too_many_images_per_class_fails_with_the_available_count():
+    with pytest.raises(ValueError, match="has only 5421"):
+        fit(RunConfig.from_dict({**TINY, "n_per_class": 10_000}))
+
+
+def test_divergence_stops_with_the_epoch_and_the_config():
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch \d+ .*mnist/mlp lambda=0"):
+        fit(RunConfig.from_dict({**TINY, "lr": 1e4, "momentum": 0.99, "epochs": 50}))
