@@ -34,12 +34,20 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+def _absolute_environment() -> None:
+    """Kernels run in the book's root: make relative NCPAPER_* paths absolute from here first."""
+    for name in ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE"):
+        if os.environ.get(name):
+            os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
+
+
 def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -> dict[str, float]:
     """Execute every notebook on ``profile``; return seconds per notebook. Fails naming notebook and cell."""
     import jupytext
     import papermill as pm
 
     root = Path(root).resolve()
+    _absolute_environment()
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {}
@@ -77,6 +85,7 @@ def build_site(root: Path) -> Path:
            "--keep-going"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
         raise RuntimeError(f"Jupyter Book build failed (exit {result.returncode}); the previous site, if any, "
                            f"is untouched.\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     html = root / "_build" / "html"
@@ -112,6 +121,7 @@ def glued_values(notebook: Path) -> dict:
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name:
-                values[name] = output.get("data", {}).get("text/plain")
+            if name:  # myst-nb stores glued data under "application/papermill.record/<mime>"
+                data = {k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1]: v for k, v in output.get("data", {}).items()}
+                values[name] = data.get("text/plain")
     return values

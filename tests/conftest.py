@@ -10,7 +10,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session", autouse=True)
 def data_root():
     """The local dataset copies (CI has them beside the checkout); NCPAPER_DATA wins if set."""
-    root = Path(os.environ.get("NCPAPER_DATA") or SHARED_DATA)
+    root = Path(os.environ.get("NCPAPER_DATA") or SHARED_DATA).resolve()
     if not (root / "MNIST" / "raw").exists():
         pytest.fail(f"no MNIST under {root}: set NCPAPER_DATA to a folder holding MNIST/raw and cifar10-jpeg.tar.gz")
     os.environ["NCPAPER_DATA"] = str(root)
