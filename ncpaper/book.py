@@ -81,8 +81,8 @@ def build_site(root: Path) -> Path:
     root = Path(root).resolve()
     staging = root / "_build" / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
-    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--path-output", str(staging), "-W", "-n",
-           "--keep-going"]
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--path-output", str(staging),
+           "-W", "-n", "--keep-going"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)

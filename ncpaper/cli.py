@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .data import DataNotFoundError
@@ -63,11 +64,41 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, nargs="*", default=[0])
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
+
+    book = commands.add_parser("book", help="run the notebooks on a profile and render the site (_build/html)")
+    book.add_argument("--profile", choices=profile_names(), default="default")
+    book.add_argument("--workers", type=int, default=2, help="parallel training runs before the notebooks")
+    book.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, notebooks/)")
     return parser
+
+
+def _book(args) -> int:
+    import time
+    from pathlib import Path
+
+    from .book import NotebookFailed, build_book
+
+    if args.results:
+        os.environ["NCPAPER_RESULTS"] = args.results
+    if args.data:
+        os.environ["NCPAPER_DATA"] = args.data
+    tic = time.perf_counter()
+    try:
+        timings = build_book(Path(args.root), profile=args.profile, workers=args.workers)
+    except (NotebookFailed, RuntimeError, ValueError, DataNotFoundError) as err:
+        print(f"ncpaper: book build failed: {err}", file=sys.stderr)
+        return 1
+    site = Path(args.root).resolve() / "_build" / "html" / "index.html"
+    notebooks = ", ".join(f"{k} {v:.0f} s" for k, v in timings["notebooks"].items())
+    print(f"book built in {time.perf_counter() - tic:.0f} s (training/cache {timings['sweep']:.0f} s; "
+          f"notebooks: {notebooks}; rendering {timings['render']:.0f} s)\nopen {site}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "book":
+        return _book(args)
     try:
         if args.command == "train":
             configs = [_config(args, args.weight_decay, args.seed)]

@@ -111,6 +111,21 @@ def served(built):
     server.server_close()
 
 
+def open_page(browser, address):
+    """Load a page fully (images, MathJax); return it and every console error, page error or failed request."""
+    page = browser.new_page()
+    problems = []
+    page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.goto(address, wait_until="networkidle")
+    page.evaluate("() => Promise.all(Array.from(document.images).map(i => { i.loading = 'eager'; "
+                  "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
+    page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+    return page, problems
+
+
 def test_pages_in_headless_chromium(served):
     """Every page loads without console errors, every image loads, maths renders, glued numbers show."""
     from playwright.sync_api import sync_playwright
@@ -123,18 +138,7 @@ def test_pages_in_headless_chromium(served):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         for page_name in PAGES:
-            page = browser.new_page()
-            problems = []
-            page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning")
-                    else None)
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
-            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-            page.goto(f"{url}/{page_name}.html", wait_until="networkidle")
-            page.evaluate("() => Promise.all(Array.from(document.images).map(i => { i.loading = 'eager'; "
-                          "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
-            page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise")
-            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+            page, problems = open_page(browser, f"{url}/{page_name}.html")
             assert problems == [], (page_name, problems)
             broken = page.evaluate("Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
             assert broken == [], (page_name, broken)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install what the tests need (the venv, and Chromium for the site test), lint, run every test.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -k metrics`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null;
+  else echo "Chromium is needed for the site test: sudo apt-get install chromium" >&2; exit 1; fi
+fi
+source scripts/data-root.sh
+.venv/bin/ruff check ncpaper tests
+.venv/bin/python -m pytest "$@"
