@@ -58,7 +58,7 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]
         if scheduler is None:
             threads = max(1, (os.cpu_count() or 1) // workers)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=":0")  # any free port: sweeps may overlap
             client = Client(cluster)
         else:
             threads = 1

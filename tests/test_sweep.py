@@ -1,0 +1,36 @@
+"""Sweeps: a real Dask LocalCluster gives the numbers of runs done one after another; restarts skip done runs."""
+
+import pandas as pd
+import pytest
+
+from ncpaper import results
+from ncpaper.sweep import run_sweep
+from ncpaper.train import RunConfig
+
+TINY = {"dataset": "mnist", "sizes": {"widths": [16]}, "n_per_class": 4, "n_test_per_class": 2,
+        "epochs": 8, "lr": 0.1, "batch_size": 16, "n_measurements": 3}
+GRID = [RunConfig.from_dict({**TINY, "weight_decay": wd, "seed": s}) for wd in (0.0, 1e-3) for s in (0, 1)]
+
+
+def test_local_cluster_matches_sequential(tmp_path):
+    sequential = run_sweep(GRID, workers=1, results=tmp_path / "a", progress=False)
+    parallel = run_sweep(GRID, workers=2, results=tmp_path / "b", progress=False)
+    assert [r.config for r in parallel] == GRID
+    for a, b in zip(sequential, parallel, strict=True):
+        pd.testing.assert_frame_equal(a.table, b.table)
+
+
+def test_restarted_sweep_trains_only_the_missing_runs(tmp_path, monkeypatch):
+    run_sweep(GRID[:2], results=tmp_path, progress=False)  # "interrupted" after two runs
+    trained = []
+    real = results.fit
+    monkeypatch.setattr(results, "fit", lambda *a, **k: trained.append(1) or real(*a, **k))
+    run_sweep(GRID, results=tmp_path, progress=False)
+    assert len(trained) == 2
+
+
+def test_bad_scheduler_and_empty_grid(tmp_path):
+    with pytest.raises(ValueError, match="the sweep is empty"):
+        run_sweep([], results=tmp_path)
+    with pytest.raises(ConnectionError, match=r"cannot reach a Dask scheduler at 'tcp://127\.0\.0\.1:9'"):
+        run_sweep(GRID[:1], scheduler="tcp://127.0.0.1:9", results=tmp_path, progress=False)
