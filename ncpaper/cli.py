@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             workers, scheduler = 1, None
         else:
             if args.profile:
-                configs = (figure_configs(args.profile, args.figure, args.device if args.device != "cpu" else None)
-                           if args.figure else all_configs(args.profile))
+                device = None if args.device == RunConfig().device else args.device  # else the profile's
+                configs = (figure_configs(args.profile, args.figure, device) if args.figure
+                           else all_configs(args.profile, device))
             else:
                 configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
             workers, scheduler = args.workers, args.scheduler
