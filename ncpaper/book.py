@@ -26,6 +26,7 @@ NOTEBOOKS = [
      "Figure 1: Neural Collapse on CIFAR-10, with and without weight decay"),
     ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2},
      "Figure 2: Neural Collapse on MNIST, with and without weight decay"),
+    ("phase.md", "phase", {}, None),
     ("reproduce.md", "reproduce", {}, None),
 ]
 

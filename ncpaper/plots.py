@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["NC_PANELS", "figure_nc", "save_figure", "weight_decay_label", "weight_decay_palette"]
+__all__ = ["NC_PANELS", "PHASE_PANELS", "figure_nc", "figure_phase", "save_figure", "weight_decay_label",
+           "weight_decay_palette"]
 
 # (column(s), panel title, log y-axis): the slides' panels, with means and classifier side by side.
 NC_PANELS = [
@@ -70,3 +71,51 @@ def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict) -> list[Pat
     fig.savefig(png, dpi=150, metadata={"Title": stem.name, "Description": text, "Software": "ncpaper"})
     fig.savefig(pdf, metadata={"Title": stem.name, "Subject": text, "Creator": "ncpaper"})
     return [png, pdf]
+
+
+PHASE_PANELS = [
+    ("train_error", "Training error", False),
+    ("eps", r"$\epsilon = 1 - \mathrm{mean}\, f_{y}(x)$", True),
+    ("nc1", "NC1", True),
+    ("nc2_equinorm_means", "NC2 equinorm (means)", True),
+    ("nc2_equiangular_means", "NC2 equiangularity (means)", True),
+    ("nc3", "NC3", True),
+    ("nc4", "NC4", False),
+    ("balance_ratio", r"$\lambda\|W_l\|^2 \,/\, \frac{1}{NC}\sum\langle y-f,f\rangle$ (every layer)", True),
+]
+
+
+def figure_phase(last: pd.DataFrame, title: str = "") -> plt.Figure:
+    """End-of-training metrics against lambda (log axis; lambda = 0 drawn apart at the left).
+
+    ``last`` has one row per run (its last epoch) with ``weight_decay`` and ``seed``; lines are the
+    mean over seeds, bands the min-max spread. The last panel shows every layer's Lemma 2 ratio.
+    """
+    positive = sorted(w for w in last["weight_decay"].unique() if w > 0)
+    zero_at = positive[0] / 10 if positive else 1e-6
+    data = last.assign(x=last["weight_decay"].where(last["weight_decay"] > 0, zero_at))
+    layers = sorted((c for c in data.columns if c.startswith("layer_norm_sq_")), key=lambda c: int(c[14:]))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.2), constrained_layout=True)
+    for ax, (column, panel_title, log_y) in zip(axes.flat, PHASE_PANELS, strict=True):
+        if column == "balance_ratio":
+            pos = data[data["weight_decay"] > 0]
+            for k, layer in enumerate(layers, start=1):
+                ratio = pos["weight_decay"] * pos[layer] / pos["fit_term"]
+                label = "classifier" if k == len(layers) else f"layer {k}"
+                sns.lineplot(x=pos["x"], y=ratio, ax=ax, errorbar=("pi", 100), label=label, marker="o", markersize=3)
+            ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+            ax.legend(fontsize=8)
+        else:
+            sns.lineplot(data=data[data["weight_decay"] > 0], x="x", y=column, ax=ax, errorbar=("pi", 100),
+                         marker="o", markersize=3, color="tab:blue")
+            zero = data[data["weight_decay"] == 0][column]
+            ax.errorbar([zero_at], [zero.mean()], yerr=[[zero.mean() - zero.min()], [zero.max() - zero.mean()]],
+                        fmt="s", color="tab:green", capsize=3)
+        ax.axvline(zero_at * 3, color="grey", linewidth=0.6)
+        ax.set(xscale="log", title=panel_title, xlabel="λ  (green square: λ = 0)", ylabel="")
+        if log_y:
+            ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -12,7 +12,8 @@ import yaml
 
 from .train import RunConfig
 
-__all__ = ["FIGURES", "all_configs", "figure_configs", "load_profile", "profile_names"]
+__all__ = ["FIGURES", "all_configs", "figure_configs", "load_profile", "phase_configs", "profile_names",
+           "section_configs"]
 
 FIGURES = ("cifar10", "mnist")  # Figure 1 is CIFAR-10, Figure 2 is MNIST, as in the slides
 
@@ -32,12 +33,12 @@ def load_profile(name: str) -> dict:
     return profiles[name]
 
 
-def figure_configs(profile: str, figure: str, device: str | None = None) -> list[RunConfig]:
-    """The runs of one figure: every weight decay x seed of the profile."""
-    spec = load_profile(profile)["figures"]
-    if figure not in spec:
-        raise ValueError(f"profile {profile!r} has no figure {figure!r}; it has {list(spec)}")
-    settings = dict(spec[figure])
+def section_configs(profile: str, section: str, name: str, device: str | None = None) -> list[RunConfig]:
+    """The runs of one entry of a profile section ("figures" or "phase"): every weight decay x seed."""
+    spec = load_profile(profile).get(section, {})
+    if name not in spec:
+        raise ValueError(f"profile {profile!r} has no {section} entry {name!r}; it has {list(spec)}")
+    settings = dict(spec[name])
     weight_decays, seeds = settings.pop("weight_decays"), settings.pop("seeds", [0])
     if device is not None:
         settings["device"] = device
@@ -45,5 +46,18 @@ def figure_configs(profile: str, figure: str, device: str | None = None) -> list
             for wd in weight_decays for s in seeds]
 
 
+def figure_configs(profile: str, figure: str, device: str | None = None) -> list[RunConfig]:
+    """The runs of one of Figures 1-2: every weight decay x seed of the profile."""
+    return section_configs(profile, "figures", figure, device)
+
+
+def phase_configs(profile: str, dataset: str, device: str | None = None) -> list[RunConfig]:
+    """The runs of the weight-decay phase diagram on one dataset."""
+    return section_configs(profile, "phase", dataset, device)
+
+
 def all_configs(profile: str, device: str | None = None) -> list[RunConfig]:
-    return [c for figure in load_profile(profile)["figures"] for c in figure_configs(profile, figure, device)]
+    """Every run the book needs on this profile: both figures and the phase diagram."""
+    spec = load_profile(profile)
+    return [c for section in ("figures", "phase") for name in spec.get(section, {})
+            for c in section_configs(profile, section, name, device)]

@@ -75,6 +75,10 @@ def test_glued_values_are_the_derivations_and_checks(built):
         assert (root / "book" / "figures" / f"figure{number_}_{name.split('_')[1]}_smoke.pdf").stat().st_size > 0
     assert "CIFAR-10 (JPEG q75 copy)" in glue(root, "figure1_cifar10")["data_source"]
     assert number(glue(root, "reproduce")["total_train_minutes"]) > 0
+    phase = glue(root, "phase")
+    assert number(phase["n_runs"]) == 8 and number(phase["n_lambdas"]) == 4 and number(phase["n_seeds"]) == 2
+    assert "λ" in phase["onset_text"] or "no λ" in phase["onset_text"]
+    assert (root / "book" / "figures" / "phase_mnist_smoke.pdf").stat().st_size > 0
 
 
 def test_figures_carry_their_provenance(built):
@@ -102,8 +106,11 @@ def test_site_has_every_page_with_its_glued_numbers(built):
 @pytest.fixture(scope="module")
 def served(built):
     root, _ = built
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root / "_build" / "html"))
-    handler.log_message = lambda *args: None
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(root / "_build" / "html"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -122,7 +129,9 @@ def open_page(browser, address):
     page.goto(address, wait_until="networkidle")
     page.evaluate("() => Promise.all(Array.from(document.images).map(i => { i.loading = 'eager'; "
                   "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
-    page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+    if page.evaluate("() => !!document.querySelector('script[src*=mathjax]')"):
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+        page.evaluate("() => MathJax.startup.promise")  # resolves once the page is typeset
     return page, problems
 
 
@@ -143,9 +152,13 @@ def test_pages_in_headless_chromium(served):
             broken = page.evaluate("Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
             assert broken == [], (page_name, broken)
             text = page.inner_text("article")
+            prose = page.evaluate("() => { const a = document.querySelector('article').cloneNode(true); "
+                                  "a.querySelectorAll('pre, code, mjx-container').forEach(e => e.remove()); "
+                                  "return a.innerText; }")
             if page_name != "book/intro":
                 assert page.locator("mjx-container").count() > 0, f"no rendered maths on {page_name}"
-                assert "$$" not in text and "\\frac" not in text, f"raw TeX on {page_name}"
+                for tex in ("$", "\\frac", "\\lambda", "\\lVert"):
+                    assert tex not in prose, f"raw TeX {tex!r} on {page_name}"
             if page_name.endswith("figure1_cifar10"):
                 assert page.evaluate("Array.from(document.images).some(i => i.naturalWidth > 1000)")
                 assert f"{nc3:.3g}" in text

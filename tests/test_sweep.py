@@ -34,3 +34,33 @@ def test_bad_scheduler_and_empty_grid(tmp_path):
         run_sweep([], results=tmp_path)
     with pytest.raises(ConnectionError, match=r"cannot reach a Dask scheduler at 'tcp://127\.0\.0\.1:9'"):
         run_sweep(GRID[:1], scheduler="tcp://127.0.0.1:9", results=tmp_path, progress=False)
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
+    """SIGKILL a Dask worker while it trains: the run is retried elsewhere, every result is whole."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    configs = [RunConfig.from_dict({**TINY, "sizes": {"widths": [64, 64]}, "n_per_class": 20, "epochs": 300,
+                                    "batch_size": 8, "weight_decay": wd}) for wd in (0.0, 1e-4, 1e-3, 1e-2)]
+    done = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        sweep = threading.Thread(target=lambda: done.setdefault("runs", run_sweep(
+            configs, scheduler=cluster.scheduler_address, results=tmp_path, progress=False)))
+        sweep.start()
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("*/checkpoint.pt")):
+            assert time.time() < deadline and sweep.is_alive()
+            time.sleep(0.05)
+        victim = next(iter(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        sweep.join(timeout=300)
+    runs = done["runs"]
+    assert [r.config for r in runs] == configs
+    assert all(results.load_run(r.path) is not None for r in runs)
+    assert not list(tmp_path.glob("*/.*.tmp*"))

@@ -1,0 +1,35 @@
+"""Summaries of many runs: end-of-training rows, and where collapse sets in along lambda."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "seed_summary"]
+
+
+def last_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its last measured epoch."""
+    return table.sort_values("epoch").groupby("run_id", sort=False).tail(1).reset_index(drop=True)
+
+
+def seed_summary(last: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Mean, min and max of ``column`` over seeds, per weight decay."""
+    return last.groupby("weight_decay")[column].agg(["mean", "min", "max"]).sort_index()
+
+
+def collapse_onset(last: pd.DataFrame, column: str = "nc1", factor: float = 10.0) -> float:
+    """The smallest lambda > 0 whose seed-mean ``column`` is below 1/factor of its lambda = 0 mean (nan: none)."""
+    means = seed_summary(last, column)["mean"]
+    if 0.0 not in means.index:
+        raise ValueError("the sweep has no lambda = 0 run to compare with")
+    below = [w for w, v in means.items() if w > 0 and v < means[0.0] / factor]
+    return min(below) if below else math.nan
+
+
+def fit_breakdown(last: pd.DataFrame, max_error: float = 0.01) -> float:
+    """The smallest lambda whose seed-mean training error exceeds ``max_error`` (nan: all fit)."""
+    means = seed_summary(last, "train_error")["mean"]
+    above = [w for w, v in means.items() if v > max_error]
+    return min(above) if above else math.nan
