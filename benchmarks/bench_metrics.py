@@ -46,7 +46,8 @@ def baseline_nc1(batches, weights, num_classes, dim):
 def make_features(n, dim, num_classes, seed=0):
     g = torch.Generator().manual_seed(seed)
     means = 3 * torch.randn(num_classes, dim, generator=g)
-    y = torch.randint(0, num_classes, (n,), generator=g)
+    # balanced, as the theory assumes (public NC code centres at the mean of class means, equal only then)
+    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
     h = (means[y] + torch.randn(n, dim, generator=g)).relu()  # non-negative, like ReLU features
     return h.float(), y, torch.randn(num_classes, dim, generator=g)
 

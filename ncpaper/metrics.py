@@ -29,6 +29,7 @@ import torch
 __all__ = [
     "NC_KEYS",
     "ClassStatistics",
+    "UndefinedCollapseError",
     "classifier_alignment",
     "count_ncc_mismatches",
     "neural_collapse",
@@ -49,6 +50,14 @@ NC_KEYS = (
 )
 
 _F64 = torch.float64
+
+
+class UndefinedCollapseError(ValueError):
+    """The geometry is degenerate (coinciding class means, a zero classifier row): NC is undefined.
+
+    A network whose weight decay drove it to the trivial solution f = 0 ends here; this is a
+    measured outcome, not a bug in the input.
+    """
 
 
 def _as_tensor(x, name: str, dtype=_F64) -> torch.Tensor:
@@ -163,7 +172,7 @@ def _norm_and_cosine_stats(vectors: torch.Tensor) -> tuple[float, float, float]:
     c = vectors.shape[0]
     norms = vectors.norm(dim=1)
     if (norms == 0).any():
-        raise ValueError("a class mean coincides with the global mean (or a classifier row is zero): "
+        raise UndefinedCollapseError("a class mean coincides with the global mean (or a classifier row is zero): "
                          "cosines are undefined")
     unit = vectors / norms.unsqueeze(1)
     iu = torch.triu_indices(c, c, offset=1, device=vectors.device)
@@ -185,7 +194,7 @@ def _nc1(stats: ClassStatistics) -> float:
     m = stats.centred_means()
     u, s, _ = torch.linalg.svd(m.T, full_matrices=False)
     if s.numel() == 0 or s[0] == 0:
-        raise ValueError("all class means coincide (Sigma_B = 0): NC1 is undefined")
+        raise UndefinedCollapseError("all class means coincide (Sigma_B = 0): NC1 is undefined")
     rounding = max(s[0].item(), stats.means.norm(dim=1).max().item())
     keep = s > max(m.shape) * torch.finfo(_F64).eps * rounding
     keep[stats.num_classes - 1:] = False
@@ -280,6 +289,8 @@ def classifier_alignment(weights, centred_means) -> ClassifierAlignment:
     w = _as_tensor(weights, "weights")
     m = _as_tensor(centred_means, "centred_means").to(w.device)
     _check_weights(w, m.shape[0], m.shape[1])
+    if (w.norm(dim=1) == 0).any() or m.norm() == 0:
+        raise UndefinedCollapseError("a classifier row or every centred class mean is zero")
     scale = (w * m).sum() / (m * m).sum()
     c = w.shape[0]
     unit = w / w.norm(dim=1, keepdim=True)

@@ -98,7 +98,7 @@ def figure_phase(last: pd.DataFrame, title: str = "") -> plt.Figure:
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.2), constrained_layout=True)
     for ax, (column, panel_title, log_y) in zip(axes.flat, PHASE_PANELS, strict=True):
         if column == "balance_ratio":
-            pos = data[data["weight_decay"] > 0]
+            pos = data[(data["weight_decay"] > 0) & (data["fit_term"] > 0)]  # f = 0 networks have no ratio
             for k, layer in enumerate(layers, start=1):
                 ratio = pos["weight_decay"] * pos[layer] / pos["fit_term"]
                 label = "classifier" if k == len(layers) else f"layer {k}"

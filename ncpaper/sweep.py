@@ -69,7 +69,7 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]
                                       "with `dask scheduler` or leave --scheduler out for a local cluster") from None
         with client:
             futures = client.map(_run_in_worker, configs, results=root, data_root=data, threads=threads,
-                                 pure=False, retries=1)
+                                 pure=False)  # a lost worker's task is rescheduled by Dask itself
             for _ in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
                 pass
             paths = client.gather(futures)

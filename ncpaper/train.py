@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from . import data as data_module
-from .metrics import ClassStatistics, classifier_alignment, count_ncc_mismatches, neural_collapse_from_statistics
+from .metrics import (
+    NC_KEYS,
+    ClassStatistics,
+    UndefinedCollapseError,
+    classifier_alignment,
+    count_ncc_mismatches,
+    neural_collapse_from_statistics,
+)
 from .models import MODELS, make_model, weight_matrices
 
 __all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "square_loss"]
@@ -155,10 +162,14 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
     }
     if test is not None:
         row.update(_evaluate(model, test, batch_size))
-    row.update(neural_collapse_from_statistics(stats, w, mismatches))
-    align = classifier_alignment(w, stats.centred_means())
-    row.update({"w_means_scale": align.scale, "w_means_residual": align.relative_residual,
-                "w_mean_cosine": align.mean_cosine, "w_row_norm_sq": align.mean_row_norm_sq})
+    try:
+        row.update(neural_collapse_from_statistics(stats, w, mismatches))
+        align = classifier_alignment(w, stats.centred_means())
+        row.update({"w_means_scale": align.scale, "w_means_residual": align.relative_residual,
+                    "w_mean_cosine": align.mean_cosine, "w_row_norm_sq": align.mean_row_norm_sq, "nc_defined": True})
+    except UndefinedCollapseError:  # e.g. weight decay drove the network to f = 0: recorded as undefined
+        row.update(dict.fromkeys((*NC_KEYS, "w_means_scale", "w_means_residual", "w_mean_cosine"), math.nan))
+        row.update({"w_row_norm_sq": float(w.detach().double().pow(2).sum(1).mean()), "nc_defined": False})
     row.update(norms)
     model.train(was_training)
     return row
@@ -199,6 +210,8 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
     """
     config = config.validated()
     device = torch.device(config.device)
+    # Weight decay drives weights towards zero; subnormal floats would slow CPU arithmetic many-fold.
+    torch.set_flush_denormal(True)
     if train is None:
         train = data_module.load(config.dataset, "train", config.n_per_class, config.seed)
     if test is None and config.n_test_per_class is not None:
@@ -253,7 +266,7 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
             tic = time.perf_counter()
             try:
                 row = measure(model, train, test, config.weight_decay)
-            except (TrainingDivergedError, ValueError) as err:  # NaN features, or all ReLUs dead
+            except TrainingDivergedError as err:  # NaN or infinite features
                 raise TrainingDivergedError(f"training diverged at epoch {epoch} ({err}) for "
                                             f"{config.describe()}, lr={config.lr}: lower the learning rate "
                                             "or the weight decay") from None

@@ -114,10 +114,15 @@ def test_two_processes_train_the_same_run_once(tmp_path):
 
 
 def test_divergence_leaves_a_record_and_no_result(tmp_path):
-    config = RunConfig.from_dict({**TINY, "lr": 1e4, "momentum": 0.99, "epochs": 50})
-    with pytest.raises(train.TrainingDivergedError, match="diverged at epoch"):
-        results.run_or_load(config, tmp_path)
+    config = RunConfig.from_dict({**TINY, "n_per_class": 4, "n_test_per_class": None})
+    corrupt = results.data_module.load("mnist", "train", n_per_class=4, seed=0)
+    corrupt.x[0, 0, 0, 0] = float("nan")
+    real_load = results.data_module.load
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(results.data_module, "load", lambda *a, **k: corrupt if a[1] == "train" else real_load(*a, **k))
+        with pytest.raises(train.TrainingDivergedError, match="diverged at epoch"):
+            results.run_or_load(config, tmp_path)
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     record = json.loads((folder / "failed.json").read_text())
-    assert "diverged at epoch" in record["error"] and record["config"]["lr"] == 1e4
+    assert "diverged at epoch" in record["error"] and record["config"]["n_per_class"] == 4
     assert results.load_run(folder) is None

@@ -64,3 +64,19 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path):
     assert [r.config for r in runs] == configs
     assert all(results.load_run(r.path) is not None for r in runs)
     assert not list(tmp_path.glob("*/.*.tmp*"))
+
+
+def test_two_overlapping_sweeps_train_each_run_once(tmp_path):
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "ncpaper.cli", "--results", str(tmp_path), "sweep", "--widths", "32",
+            "--n-per-class", "10", "--n-test-per-class", "2", "--epochs", "150", "--batch-size", "8",
+            "--weight-decays", "0", "1e-3", "1e-2", "--seeds", "0"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    trained = [{line.split(":")[0].strip() for line in err.replace("\r", "\n").splitlines() if "epochs=150" in line}
+               for _, err in outputs]  # one progress bar per run a process trained
+    assert sum(len(t) for t in trained) == 3
+    assert len({p for p in tmp_path.iterdir() if p.is_dir()}) == 3

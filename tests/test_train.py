@@ -82,6 +82,21 @@ def test_too_many_images_per_class_fails_with_the_available_count():
         fit(RunConfig.from_dict({**TINY, "n_per_class": 10_000}))
 
 
+def corrupted_mnist():
+    train = data.load("mnist", "train", n_per_class=4, seed=0)
+    train.x[3, 0, 5, 5] = math.inf  # one corrupt pixel: the loss becomes NaN or infinite
+    return train
+
+
 def test_divergence_stops_with_the_epoch_and_the_config():
-    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch \d+ .*mnist/mlp lambda=0"):
-        fit(RunConfig.from_dict({**TINY, "lr": 1e4, "momentum": 0.99, "epochs": 50}))
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 .*mnist/mlp lambda=0.001"):
+        fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}), train=corrupted_mnist())
+
+
+def test_a_network_killed_by_the_step_size_is_recorded_as_undefined_not_as_numbers():
+    """Too large a step kills every ReLU (f = 0): NC is undefined, and the row says so."""
+    rows, _, _ = fit(RunConfig.from_dict({**TINY, "lr": 5.0}))
+    last = rows[-1]
+    assert last["nc_defined"] is False and math.isnan(last["nc1"]) and math.isnan(last["nc3"])
+    assert last["train_error"] == pytest.approx(0.9) and last["eps"] == pytest.approx(1.0)
+    assert rows[0]["nc_defined"] is True
