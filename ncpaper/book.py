@@ -59,8 +59,7 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         if title:  # one template, several pages: each page gets its own title
             heading = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# "))
-            heading.source = f"# {title}" + heading.source[heading.source.find("\n"):] \
-                if "\n" in heading.source else f"# {title}"
+            heading.source = "\n".join([f"# {title}", *heading.source.split("\n")[1:]])
         staged = out_dir / f".{name}.input.ipynb"
         jupytext.write(nb, staged, fmt="ipynb")
         tic = time.perf_counter()
@@ -123,6 +122,6 @@ def glued_values(notebook: Path) -> dict:
         for output in cell.get("outputs", []):
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:  # myst-nb stores glued data under "application/papermill.record/<mime>"
-                data = {k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1]: v for k, v in output.get("data", {}).items()}
+                data = {"/".join(k.split("/")[-2:]): v for k, v in output.get("data", {}).items()}
                 values[name] = data.get("text/plain")
     return values

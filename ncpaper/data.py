@@ -80,8 +80,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NCPAPER_CACHE") or "~/.cache/ncpaper").expanduser()
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -89,7 +89,13 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(path)
+
+
 def sha256_file(path: Path) -> str:
+    """sha256 of a dataset file, computed once per process for an unchanged file (size and mtime)."""
     st = path.stat()
     return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
 

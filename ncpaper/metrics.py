@@ -167,16 +167,22 @@ class ClassStatistics:
                              f"{self.num_classes} classes needs at least one")
 
 
-def _norm_and_cosine_stats(vectors: torch.Tensor) -> tuple[float, float, float]:
-    """(equinorm, equiangular, maxangle) of the rows of a C x p matrix."""
+def _norms_and_pairwise_cosines(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row norms of a C x p matrix and cos(v_c, v_c') for every c < c'."""
     c = vectors.shape[0]
     norms = vectors.norm(dim=1)
     if (norms == 0).any():
         raise UndefinedCollapseError("a class mean coincides with the global mean (or a classifier row is zero): "
-                         "cosines are undefined")
+                                     "cosines are undefined")
     unit = vectors / norms.unsqueeze(1)
     iu = torch.triu_indices(c, c, offset=1, device=vectors.device)
-    cos = (unit @ unit.T)[iu[0], iu[1]]
+    return norms, (unit @ unit.T)[iu[0], iu[1]]
+
+
+def _norm_and_cosine_stats(vectors: torch.Tensor) -> tuple[float, float, float]:
+    """(equinorm, equiangular, maxangle) of the rows of a C x p matrix."""
+    c = vectors.shape[0]
+    norms, cos = _norms_and_pairwise_cosines(vectors)
     equinorm = (norms.std(unbiased=False) / norms.mean()).item()
     equiangular = cos.std(unbiased=False).item()
     maxangle = (cos + 1.0 / (c - 1)).abs().mean().item()
@@ -289,15 +295,13 @@ def classifier_alignment(weights, centred_means) -> ClassifierAlignment:
     w = _as_tensor(weights, "weights")
     m = _as_tensor(centred_means, "centred_means").to(w.device)
     _check_weights(w, m.shape[0], m.shape[1])
-    if (w.norm(dim=1) == 0).any() or m.norm() == 0:
-        raise UndefinedCollapseError("a classifier row or every centred class mean is zero")
+    if m.norm() == 0:
+        raise UndefinedCollapseError("every centred class mean is zero")
+    _, cos = _norms_and_pairwise_cosines(w)
     scale = (w * m).sum() / (m * m).sum()
-    c = w.shape[0]
-    unit = w / w.norm(dim=1, keepdim=True)
-    iu = torch.triu_indices(c, c, offset=1)
     return ClassifierAlignment(
         scale=float(scale),
         relative_residual=float((w - scale * m).norm() / w.norm()),
-        mean_cosine=float((unit @ unit.T)[iu[0], iu[1]].mean()),
+        mean_cosine=float(cos.mean()),
         mean_row_norm_sq=float((w * w).sum(1).mean()),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["NC_PANELS", "PHASE_PANELS", "figure_nc", "figure_phase", "save_figure", "weight_decay_label",
-           "weight_decay_palette"]
+__all__ = ["NC_PANELS", "PHASE_PANELS", "figure_nc", "figure_phase", "runs_provenance", "save_figure",
+           "weight_decay_label", "weight_decay_palette"]
 
 # (column(s), panel title, log y-axis): the slides' panels, with means and classifier side by side.
 NC_PANELS = [
@@ -60,6 +61,13 @@ def figure_nc(table: pd.DataFrame, title: str = "") -> plt.Figure:
     if title:
         fig.suptitle(title)
     return fig
+
+
+def runs_provenance(runs, profile: str, figure) -> dict:
+    """What a saved figure records: figure, profile, data source, git state, run keys, date."""
+    return {"figure": figure, "profile": profile, "data_source": runs[0].meta["data_source"],
+            "git": runs[0].meta["git"], "runs": [r.meta["key"] for r in runs],
+            "date": datetime.date.today().isoformat()}
 
 
 def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict) -> list[Path]:

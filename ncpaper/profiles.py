@@ -12,10 +12,8 @@ import yaml
 
 from .train import RunConfig
 
-__all__ = ["FIGURES", "all_configs", "figure_configs", "load_profile", "phase_configs", "profile_names",
+__all__ = ["all_configs", "figure_configs", "load_profile", "phase_configs", "profile_names",
            "section_configs"]
-
-FIGURES = ("cifar10", "mnist")  # Figure 1 is CIFAR-10, Figure 2 is MNIST, as in the slides
 
 
 def _profiles() -> dict:

@@ -74,10 +74,6 @@ class Run:
         return model
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -96,7 +92,7 @@ def load_run(path: Path) -> Run | None:
         if meta.get("schema") != SCHEMA_VERSION or meta.get("metrics_version") != METRICS_VERSION:
             return None
         for name, digest in meta["files"].items():
-            if _sha256(path / name) != digest:
+            if data_module.sha256_of(path / name) != digest:
                 return None
         table = pd.read_csv(path / "metrics.csv")
         if len(table) != meta["n_rows"]:
@@ -195,7 +191,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
             "timings": {**timings, "wall_seconds": time.perf_counter() - tic,
                         "resumed_from_epoch": resume.epoch if resume else None},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: _sha256(path / name) for name in ("metrics.csv", "model.pt")},
+            "files": {name: data_module.sha256_of(path / name) for name in ("metrics.csv", "model.pt")},
         }
         _atomic_write(path / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
         checkpoint.unlink(missing_ok=True)

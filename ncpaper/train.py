@@ -102,6 +102,11 @@ class RunConfig:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
         return self
 
+    def architecture(self) -> str:
+        """E.g. "bias-free MLP (512-512)" or "bias-free CONVNET (16-32-64)"."""
+        layers = self.sizes.get("widths", self.sizes.get("channels", []))
+        return f"bias-free {self.model.upper()} ({'-'.join(str(v) for v in layers)})"
+
     def describe(self) -> str:
         return (f"{self.dataset}/{self.model} lambda={self.weight_decay:g} seed={self.seed} "
                 f"n={self.n_per_class}/class epochs={self.epochs}")
@@ -187,6 +192,11 @@ def _evaluate(model, split: data_module.LabelledImages, batch_size: int) -> dict
     return {"test_loss": loss / (n * model.num_classes), "test_error": errors / n}
 
 
+def _diverged(config: RunConfig, epoch: int, why: str) -> TrainingDivergedError:
+    return TrainingDivergedError(f"training diverged at epoch {epoch} ({why}) for {config.describe()}, "
+                                 f"lr={config.lr}: lower the learning rate or the weight decay")
+
+
 @dataclass
 class TrainingState:
     """Everything needed to continue a run exactly where it stopped."""
@@ -258,18 +268,15 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
             total += loss.detach() * len(idx)
         scheduler.step()
         train_seconds += time.perf_counter() - tic
-        if epoch in to_measure or not math.isfinite(total.item()):
-            if not math.isfinite(total.item()):
-                raise TrainingDivergedError(
-                    f"training diverged at epoch {epoch} (loss {total.item()}) for {config.describe()}, "
-                    f"lr={config.lr}: lower the learning rate or the weight decay")
+        epoch_loss = total.item()
+        if not math.isfinite(epoch_loss):
+            raise _diverged(config, epoch, f"loss {epoch_loss}")
+        if epoch in to_measure:
             tic = time.perf_counter()
             try:
                 row = measure(model, train, test, config.weight_decay)
             except TrainingDivergedError as err:  # NaN or infinite features
-                raise TrainingDivergedError(f"training diverged at epoch {epoch} ({err}) for "
-                                            f"{config.describe()}, lr={config.lr}: lower the learning rate "
-                                            "or the weight decay") from None
+                raise _diverged(config, epoch, str(err)) from None
             measure_seconds += time.perf_counter() - tic
             rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **row})
             if progress:
