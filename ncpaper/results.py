@@ -114,10 +114,21 @@ def _git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{_cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
 def _versions() -> dict:
@@ -164,6 +175,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
             return run
         checkpoint = path / "checkpoint.pt"
         resume = _load_checkpoint(checkpoint, key)
+        code = {"versions": _versions(), "git": _git_state()}  # the code that trains, not the code at the end
         tic = time.perf_counter()
         try:
             rows, model, timings = fit(
@@ -171,7 +183,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
                 on_checkpoint=lambda state: _save_checkpoint(checkpoint, key, state),
                 checkpoint_every=checkpoint_every if checkpoint_every is not None else max(1, config.epochs // 10))
         except TrainingDivergedError as err:  # leave a record of the failure, never a result
-            record = {"config": config.to_dict(), "error": str(err), "versions": _versions(), "git": _git_state(),
+            record = {"config": config.to_dict(), "error": str(err), **code,
                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
             _atomic_write(path / "failed.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
             raise
@@ -187,7 +199,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
             "data": {"train": train.provenance, "test": test.provenance if test else None},
             "data_source": train.provenance["source"],
             "input_shape": list(train.input_shape), "num_classes": train.num_classes,
-            "versions": _versions(), "git": _git_state(), "device": _device_name(config.device),
+            **code, "device": _device_name(config.device),
             "timings": {**timings, "wall_seconds": time.perf_counter() - tic,
                         "resumed_from_epoch": resume.epoch if resume else None},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
