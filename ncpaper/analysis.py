@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "seed_summary"]
+__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "provenance_table", "seed_summary"]
 
 
 def last_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -33,3 +33,21 @@ def fit_breakdown(last: pd.DataFrame, max_error: float = 0.01) -> float:
     means = seed_summary(last, "train_error")["mean"]
     above = [w for w, v in means.items() if v > max_error]
     return min(above) if above else math.nan
+
+
+def provenance_table(runs) -> pd.DataFrame:
+    """One row per run: where, when and by which code it was trained, how long it took, on which data."""
+    rows = []
+    for run in runs:
+        meta, config = run.meta, run.config
+        git = meta.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:10] + (" (modified)" if git.get("dirty") else "")
+        timings = meta.get("timings", {})
+        rows.append({
+            "λ": config.weight_decay, "seed": config.seed, "data": meta["data_source"],
+            "training images": int(sum(meta["data"]["train"]["class_counts"])),
+            "device": meta.get("device", "unknown"), "finished (UTC)": meta["created"].replace("T", " ")[:16],
+            "commit": commit, "training min": timings.get("wall_seconds", math.nan) / 60,
+            "images/s": timings.get("images_per_second", math.nan), "run": meta["key"],
+        })
+    return pd.DataFrame(rows)

@@ -26,6 +26,12 @@ NOTEBOOKS = [
      "Figure 1: Neural Collapse on CIFAR-10, with and without weight decay"),
     ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2},
      "Figure 2: Neural Collapse on MNIST, with and without weight decay"),
+    ("figure.md", "figure1_cifar10_paper", {"figure": "cifar10", "figure_number": 1, "profile": "paper",
+                                            "published": True},
+     "Figure 1 at full scale: CIFAR-10, 50,000 training images"),
+    ("figure.md", "figure2_mnist_paper", {"figure": "mnist", "figure_number": 2, "profile": "paper",
+                                          "published": True},
+     "Figure 2 at full scale: MNIST, 54,210 training images"),
     ("phase.md", "phase", {}, None),
     ("reproduce.md", "reproduce", {}, None),
 ]

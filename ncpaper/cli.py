@@ -1,4 +1,4 @@
-"""``ncpaper train`` (one run) and ``ncpaper sweep`` (a profile's runs, or a weight-decay grid)."""
+"""``ncpaper train`` (one run), ``sweep`` (a profile's runs, or a weight-decay grid), ``publish``, ``book``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
 
+    publish = commands.add_parser("publish", help="copy a profile's finished runs (tables, metadata) into published/")
+    publish.add_argument("--profile", choices=profile_names(), default="paper")
+    publish.add_argument("--figure", help="only this figure (cifar10 or mnist)")
+    publish.add_argument("--to", help="published folder (default: the repository's published/)")
+
     book = commands.add_parser("book", help="run the notebooks on a profile and render the site (_build/html)")
     book.add_argument("--profile", choices=profile_names(), default="default")
     book.add_argument("--workers", type=int, default=2, help="parallel training runs before the notebooks")
@@ -95,10 +100,27 @@ def _book(args) -> int:
     return 0
 
 
+def _publish(args) -> int:
+    from .published import MissingResultError, find_finished, publish
+
+    try:
+        configs = figure_configs(args.profile, args.figure) if args.figure else all_configs(args.profile)
+        folders = publish(find_finished(configs, args.results), args.profile, args.to)
+    except (ValueError, MissingResultError) as err:
+        print(f"ncpaper: error: {err}", file=sys.stderr)
+        return 2
+    print(f"published {len(folders)} run(s):")
+    for folder in folders:
+        print(f"  {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "book":
         return _book(args)
+    if args.command == "publish":
+        return _publish(args)
     try:
         if args.command == "train":
             configs = [_config(args, args.weight_decay, args.seed)]

@@ -1,0 +1,100 @@
+"""Published results: small, committed copies of finished runs that the book shows without retraining.
+
+Runs too long to redo at every book build (the ``paper`` profile: full datasets, hours on a CPU)
+are published into the repository as ``published/<profile>/<key>/metrics.csv`` and ``meta.json``:
+the measurements and the run metadata (config, data provenance and pixel checksum, device,
+versions, git commit, timings), never weights, checkpoints or data. They are found again by their
+configuration alone, so reading them needs neither the datasets nor the result cache.
+
+    ncpaper sweep --profile paper      # trains, checkpoints, resumes (results/, not committed)
+    ncpaper publish --profile paper    # copies the finished runs' tables and metadata here
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .results import Run, load_run, results_dir
+from .train import RunConfig
+
+__all__ = ["MissingResultError", "find_finished", "load_published", "publish", "published_dir"]
+
+PUBLISHED_FILES = ("metrics.csv",)
+
+
+class MissingResultError(LookupError):
+    """No finished (or published) run has the configuration asked for."""
+
+
+def published_dir(root: str | os.PathLike | None = None) -> Path:
+    """``published/`` at the repository root (or ``root``, or $NCPAPER_PUBLISHED)."""
+    default = Path(__file__).resolve().parents[1] / "published"
+    return Path(root or os.environ.get("NCPAPER_PUBLISHED") or default).expanduser()
+
+
+def _config_id(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _runs_by_config(folder: Path, wanted: set[str]) -> dict[str, list[Run]]:
+    """Verified runs under ``folder`` whose config is in ``wanted`` (others are not even checksummed)."""
+    found: dict[str, list[Run]] = {}
+    for meta in sorted(folder.glob("*/meta.json")):
+        try:
+            config_id = _config_id(json.loads(meta.read_text())["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if config_id in wanted and (run := load_run(meta.parent)) is not None:
+            found.setdefault(config_id, []).append(run)
+    return found
+
+
+def _match(configs: list[RunConfig], folder: Path, what: str, remedy: str) -> list[Run]:
+    ids = [_config_id(config.validated().to_dict()) for config in configs]
+    found = _runs_by_config(folder, set(ids)) if folder.is_dir() else {}
+    runs, missing = [], []
+    for config, config_id in zip(configs, ids, strict=True):
+        if candidates := found.get(config_id):  # one config on two data sources (official, JPEG): the newest
+            runs.append(max(candidates, key=lambda r: r.meta["created"]))
+        else:
+            missing.append(config.describe())
+    if missing:
+        raise MissingResultError(f"no {what} run in {folder} for: {'; '.join(missing)}. {remedy}")
+    return runs
+
+
+def find_finished(configs: list[RunConfig], results: str | os.PathLike | None = None) -> list[Run]:
+    """The finished runs of ``configs`` in the result cache, found by configuration (no data needed)."""
+    return _match(configs, results_dir(results), "finished",
+                  "Train them first with `ncpaper sweep` (it resumes from checkpoints).")
+
+
+def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Copy each run's ``metrics.csv`` and metadata into ``published/<profile>/<key>/``; return the folders."""
+    folders = []
+    for run in runs:
+        target = published_dir(root) / profile / run.meta["key"]
+        staging = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in PUBLISHED_FILES:
+            shutil.copy2(run.path / name, staging / name)
+        meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES},
+                "published_from": str(run.path)}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if load_run(staging) is None:
+            shutil.rmtree(staging)
+            raise RuntimeError(f"the copy of {run.path} does not read back; nothing was published for it")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        folders.append(target)
+    return folders
+
+
+def load_published(configs: list[RunConfig], profile: str, root: str | os.PathLike | None = None) -> list[Run]:
+    """The published runs of ``configs`` (checksums verified), in the order given."""
+    return _match(configs, published_dir(root) / profile, "published",
+                  f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.")

@@ -1,0 +1,55 @@
+"""Published results: copied without weights, found again by configuration, verified, clear when missing."""
+
+import pandas as pd
+import pytest
+
+from ncpaper.cli import main
+from ncpaper.profiles import figure_configs
+from ncpaper.published import MissingResultError, find_finished, load_published, publish
+from ncpaper.sweep import run_sweep
+from ncpaper.train import RunConfig
+
+TINY = {"dataset": "mnist", "sizes": {"widths": [16, 16]}, "n_per_class": 4, "n_test_per_class": 2,
+        "epochs": 6, "lr": 0.1, "batch_size": 16, "n_measurements": 3}
+
+
+@pytest.fixture
+def finished(tmp_path):
+    configs = [RunConfig.from_dict({**TINY, "weight_decay": wd}) for wd in (0.0, 1e-3)]
+    return configs, run_sweep(configs, results=tmp_path / "results", progress=False)
+
+
+def test_publish_then_load_gives_the_same_tables_without_weights(finished, tmp_path):
+    configs, runs = finished
+    folders = publish(runs, "demo", tmp_path / "published")
+    assert sorted(p.name for p in folders[0].iterdir()) == ["meta.json", "metrics.csv"]
+    back = load_published(list(reversed(configs)), "demo", tmp_path / "published")  # order as asked
+    for run, original in zip(back, reversed(runs), strict=True):
+        pd.testing.assert_frame_equal(run.table, original.table)
+        assert run.config == original.config and run.meta["git"] == original.meta["git"]
+        assert run.meta["data"]["train"]["pixels_sha256"] == original.meta["data"]["train"]["pixels_sha256"]
+    assert find_finished(configs, tmp_path / "results")[1].path == runs[1].path
+
+
+def test_missing_or_tampered_results_name_the_run_and_the_command(finished, tmp_path):
+    configs, runs = finished
+    with pytest.raises(MissingResultError, match=r"lambda=0 seed=0.*ncpaper sweep --profile demo.*ncpaper publish"):
+        load_published(configs[:1], "demo", tmp_path / "published")
+    (folder,) = publish(runs[:1], "demo", tmp_path / "published")
+    table = folder / "metrics.csv"
+    table.write_text(table.read_text().replace("0.", "1.", 1))  # one digit changed
+    with pytest.raises(MissingResultError, match="no published run"):
+        load_published(configs[:1], "demo", tmp_path / "published")
+    other = RunConfig.from_dict({**TINY, "weight_decay": 5e-3})
+    with pytest.raises(MissingResultError, match=r"lambda=0\.005.*Train them first"):
+        find_finished([other], tmp_path / "results")
+
+
+def test_publish_command(tmp_path, capsys):
+    results, published = str(tmp_path / "results"), str(tmp_path / "published")
+    assert main(["--results", results, "publish", "--profile", "smoke", "--figure", "mnist", "--to", published]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    run_sweep(figure_configs("smoke", "mnist"), results=results, progress=False)
+    assert main(["--results", results, "publish", "--profile", "smoke", "--figure", "mnist", "--to", published]) == 0
+    assert "published 3 run(s)" in capsys.readouterr().out
+    assert len(load_published(figure_configs("smoke", "mnist"), "smoke", published)) == 3
