@@ -80,3 +80,11 @@ def test_two_overlapping_sweeps_train_each_run_once(tmp_path):
                for _, err in outputs]  # one progress bar per run a process trained
     assert sum(len(t) for t in trained) == 3
     assert len({p for p in tmp_path.iterdir() if p.is_dir()}) == 3
+
+
+def test_workers_keep_glibcs_dynamic_mmap_threshold():
+    """Dask's MALLOC_TRIM_THRESHOLD_ would make every activation an mmap/munmap pair; the rest stays."""
+    from ncpaper.sweep import _worker_environment
+
+    env = _worker_environment()
+    assert "MALLOC_TRIM_THRESHOLD_" not in env and str(env["OMP_NUM_THREADS"]) == "1"
