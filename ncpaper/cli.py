@@ -34,6 +34,8 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--n-measurements", type=int, default=d.n_measurements)
     parser.add_argument("--device", default=d.device)
+    parser.add_argument("--precision", default=d.precision, choices=["float32", "bfloat16"],
+                        help="bfloat16: forward pass under autocast (weights and measurements stay float32+)")
 
 
 def _config(args, weight_decay: float, seed: int) -> RunConfig:
@@ -41,7 +43,8 @@ def _config(args, weight_decay: float, seed: int) -> RunConfig:
         "dataset": args.dataset, "model": args.model, "sizes": _sizes(args), "n_per_class": args.n_per_class,
         "n_test_per_class": args.n_test_per_class, "weight_decay": weight_decay, "lr": args.lr,
         "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
-        "n_measurements": args.n_measurements, "seed": seed, "device": args.device})
+        "n_measurements": args.n_measurements, "seed": seed, "device": args.device,
+        "precision": args.precision})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,3 +100,18 @@ def test_a_network_killed_by_the_step_size_is_recorded_as_undefined_not_as_numbe
     assert last["nc_defined"] is False and math.isnan(last["nc1"]) and math.isnan(last["nc3"])
     assert last["train_error"] == pytest.approx(0.9) and last["eps"] == pytest.approx(1.0)
     assert rows[0]["nc_defined"] is True
+
+
+def test_bfloat16_autocast_trains_close_to_float32_and_keys_apart():
+    """bf16 only in the forward pass: weights stay float32, the run lands near float32's, its key differs."""
+    from ncpaper.results import config_key
+
+    f32 = RunConfig.from_dict(TINY)
+    bf16 = RunConfig.from_dict({**TINY, "precision": "bfloat16"})
+    assert "precision" not in f32.to_dict()  # earlier float32 results keep their cache keys
+    assert config_key(f32, {"train": "x"}) != config_key(bf16, {"train": "x"})
+    rows32, model32, _ = fit(f32)
+    rows16, model16, _ = fit(bf16)
+    assert all(p.dtype == torch.float32 for p in model16.parameters())
+    assert rows16[-1]["train_loss"] == pytest.approx(rows32[-1]["train_loss"], rel=0.1)
+    assert math.isfinite(rows16[-1]["nc1"])
