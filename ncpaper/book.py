@@ -32,7 +32,10 @@ NOTEBOOKS = [
     ("figure.md", "figure2_mnist_paper", {"figure": "mnist", "figure_number": 2, "profile": "paper",
                                           "published": True},
      "Figure 2 at full scale: MNIST, 54,210 training images"),
-    ("phase.md", "phase", {}, None),
+    ("phase.md", "phase_mnist", {"dataset": "mnist"},
+     "Where Neural Collapse sets in: a weight-decay phase diagram on MNIST"),
+    ("phase.md", "phase_cifar10", {"dataset": "cifar10"},
+     "Where Neural Collapse sets in: a weight-decay phase diagram on CIFAR-10"),
     ("reproduce.md", "reproduce", {}, None),
 ]
 

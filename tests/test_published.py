@@ -53,3 +53,17 @@ def test_publish_command(tmp_path, capsys):
     assert main(["--results", results, "publish", "--profile", "smoke", "--figure", "mnist", "--to", published]) == 0
     assert "published 3 run(s)" in capsys.readouterr().out
     assert len(load_published(figure_configs("smoke", "mnist"), "smoke", published)) == 3
+
+
+def test_the_committed_full_scale_results_are_whole():
+    """published/paper/ holds every run of both full-scale figures, finished, small, with provenance."""
+    for figure in ("cifar10", "mnist"):
+        configs = figure_configs("paper", figure)
+        runs = load_published(configs, "paper")  # verifies each table against its sha256
+        for config, run in zip(configs, runs, strict=True):
+            assert sorted(p.name for p in run.path.iterdir()) == ["meta.json", "metrics.csv"]
+            assert run.table["epoch"].iloc[-1] == config.epochs
+            meta = run.meta
+            assert meta["data"]["train"]["pixels_sha256"] and meta["device"] and meta["git"]["commit"]
+            assert sum(meta["data"]["train"]["class_counts"]) == 10 * config.n_per_class
+            assert meta["timings"]["images_per_second"] > 0 and meta["created"]

@@ -110,7 +110,7 @@ def test_bfloat16_autocast_trains_close_to_float32_and_keys_apart():
     bf16 = RunConfig.from_dict({**TINY, "precision": "bfloat16"})
     assert "precision" not in f32.to_dict()  # earlier float32 results keep their cache keys
     assert config_key(f32, {"train": "x"}) != config_key(bf16, {"train": "x"})
-    rows32, model32, _ = fit(f32)
+    rows32, _, _ = fit(f32)
     rows16, model16, _ = fit(bf16)
     assert all(p.dtype == torch.float32 for p in model16.parameters())
     assert rows16[-1]["train_loss"] == pytest.approx(rows32[-1]["train_loss"], rel=0.1)
