@@ -7,7 +7,7 @@ import os
 import sys
 
 from .data import DataNotFoundError
-from .profiles import all_configs, figure_configs, profile_names
+from .profiles import all_configs, figure_configs, load_profile, profile_names
 from .results import results_dir
 from .sweep import run_sweep
 from .train import RunConfig, TrainingDivergedError
@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--to", help="published folder (default: the repository's published/)")
 
     book = commands.add_parser("book", help="run the notebooks on a profile and render the site (_build/html)")
-    book.add_argument("--profile", choices=profile_names(), default="default")
+    book.add_argument("--profile", choices=[p for p in profile_names() if "phase" in load_profile(p)],
+                      default="default", help="the profile of the pages that are retrained (the full-scale "
+                      "pages always read published/paper/)")
     book.add_argument("--workers", type=int, default=2, help="parallel training runs before the notebooks")
     book.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, notebooks/)")
     return parser
