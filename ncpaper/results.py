@@ -68,6 +68,9 @@ class Run:
     def model(self):
         from .models import make_model
 
+        if not (self.path / "model.pt").exists():
+            raise FileNotFoundError(f"{self.path} holds no weights (published runs keep only their tables and "
+                                    f"metadata); retrain it with `ncpaper sweep` to get the model")
         cfg, shape = self.config, self.meta["input_shape"]
         model = make_model(cfg.model, shape, self.meta["num_classes"], **cfg.sizes)
         model.load_state_dict(torch.load(self.path / "model.pt", map_location="cpu", weights_only=True))

@@ -82,6 +82,30 @@ def test_glued_values_are_the_derivations_and_checks(built):
         assert (root / "book" / "figures" / f"phase_{dataset}_smoke.pdf").stat().st_size > 0
 
 
+def test_full_scale_pages_show_the_published_runs_with_provenance(built):
+    """The paper profile's pages come from published/paper/ (never retrained) and say where they were run."""
+    from ncpaper.analysis import provenance_table
+    from ncpaper.profiles import figure_configs
+    from ncpaper.published import load_published
+
+    root, _ = built
+    html = root / "_build" / "html" / "book" / "executed"
+    for name, figure, source in (("figure1_cifar10_paper", "cifar10", "CIFAR-10"), ("figure2_mnist_paper", "mnist",
+                                                                                      "MNIST")):
+        values = glue(root, name)
+        assert values["data_source"].strip("'").startswith(source) and "'paper'" in values["caption"]
+        assert math.isfinite(number(values["nc1_ratio_1"])) and math.isfinite(number(values["nc3_ratio_2"]))
+        page = (html / f"{name}.html").read_text()
+        assert "published results" in page and "does not retrain" in page
+        provenance = provenance_table(load_published(figure_configs("paper", figure), "paper"))
+        for commit in provenance["commit"]:
+            assert commit.split()[0] in page
+        assert provenance["device"].iloc[0].split(" (")[0] in page
+        assert (root / "book" / "figures" / f"figure{name[6]}_{figure}_paper.pdf").stat().st_size > 0
+    assert not (root / "results").exists() or not any(
+        '"n_per_class": 5000' in p.read_text() for p in (root / "results").glob("*/meta.json"))  # nothing retrained
+
+
 def test_figures_carry_their_provenance(built):
     from PIL import Image
 

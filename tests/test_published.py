@@ -29,6 +29,9 @@ def test_publish_then_load_gives_the_same_tables_without_weights(finished, tmp_p
         assert run.config == original.config and run.meta["git"] == original.meta["git"]
         assert run.meta["data"]["train"]["pixels_sha256"] == original.meta["data"]["train"]["pixels_sha256"]
     assert find_finished(configs, tmp_path / "results")[1].path == runs[1].path
+    assert runs[0].model().classifier.weight.shape == (10, 16)
+    with pytest.raises(FileNotFoundError, match="holds no weights"):
+        back[0].model()
 
 
 def test_missing_or_tampered_results_name_the_run_and_the_command(finished, tmp_path):
