@@ -13,7 +13,7 @@ from pathlib import Path
 from .results import Run, results_dir, run_or_load
 from .train import RunConfig
 
-__all__ = ["run_sweep"]
+__all__ = ["local_cluster", "run_sweep"]
 
 
 def _run_in_worker(config: RunConfig, results: str, data_root: str | None, threads: int) -> str:
@@ -62,9 +62,18 @@ def _worker_environment() -> dict:
     return env
 
 
-def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]:
+def local_cluster(workers: int, environment: dict | None = None):
+    """The Dask ``LocalCluster`` of a sweep: ``workers`` single-threaded processes, any free dashboard port."""
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import LocalCluster
+
+    env = _worker_environment() if environment is None else environment
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]:
+    from distributed import Client, as_completed
     from tqdm import tqdm
 
     from .results import load_run
@@ -73,9 +82,7 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]
     try:
         if scheduler is None:
             threads = max(1, (os.cpu_count() or 1) // workers)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environment()}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")  # any free port: sweeps may overlap
+            cluster = local_cluster(workers)
             client = Client(cluster)
         else:
             threads = 1
