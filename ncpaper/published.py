@@ -82,8 +82,7 @@ def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None
         staging.mkdir(parents=True)
         for name in PUBLISHED_FILES:
             shutil.copy2(run.path / name, staging / name)
-        meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES},
-                "published_from": str(run.path)}
+        meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES}}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         if load_run(staging) is None:
             shutil.rmtree(staging)
