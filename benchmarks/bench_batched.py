@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 
 import torch
 
@@ -23,8 +24,7 @@ from ncpaper.train import fit
 def compare(profile: str, figure: str, epochs: int, repeats: int, n_per_class: int | None) -> dict:
     configs = figure_configs(profile, figure)
     n = n_per_class or configs[0].n_per_class
-    configs = [c.__class__.from_dict({**c.to_dict(), "epochs": epochs, "n_per_class": n,
-                                      "n_test_per_class": None, "n_measurements": 1}) for c in configs]
+    configs = [replace(c, epochs=epochs, n_per_class=n, n_test_per_class=None, n_measurements=1) for c in configs]
     train = data.load(figure, "train", n, 0)
     together, apart, gap = [], [], 0.0
     for _ in range(repeats):

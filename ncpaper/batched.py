@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from .models import make_model
-from .train import RunConfig
+from .train import RunConfig, batch_loss, initial_model, lr_scheduler
 
 __all__ = ["train_together"]
 
@@ -48,10 +47,7 @@ def train_together(configs: list[RunConfig], train, epochs: int | None = None) -
     epochs = config.epochs if epochs is None else epochs
     device = torch.device(config.device)
     torch.set_flush_denormal(True)
-    models = []
-    for _ in configs:  # the same seed for every k: the initialisation fit() gives each run
-        torch.manual_seed(config.seed)
-        models.append(make_model(config.model, train.input_shape, train.num_classes, **config.sizes).to(device))
+    models = [initial_model(config, train) for _ in configs]  # the initialisation fit() gives each run
     params, buffers = torch.func.stack_module_state(models)
     skeleton = copy.deepcopy(models[0]).to("meta")
 
@@ -61,8 +57,7 @@ def train_together(configs: list[RunConfig], train, epochs: int | None = None) -
     batched = torch.vmap(forward, in_dims=(0, 0, None))
     lam = torch.tensor([c.weight_decay for c in configs], device=device)
     optimizer = torch.optim.SGD(params.values(), lr=config.lr, momentum=config.momentum)
-    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+    scheduler = lr_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     x, y = train.x.to(device), train.y.to(device)
     targets = torch.nn.functional.one_hot(y, train.num_classes).float()
@@ -73,7 +68,7 @@ def train_together(configs: list[RunConfig], train, epochs: int | None = None) -
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
             out = batched(params, buffers, x[idx])  # K x B x C
-            loss = (out - targets[idx]).pow(2).sum() * (0.5 / (len(idx) * train.num_classes))
+            loss = batch_loss(out, targets[idx])  # the sum of the K networks' losses
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():

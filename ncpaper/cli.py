@@ -105,11 +105,16 @@ def _book(args) -> int:
     return 0
 
 
+def _profile_configs(profile: str, figure: str | None, device: str | None = None) -> list[RunConfig]:
+    """One figure's runs of a profile, or all of its runs."""
+    return figure_configs(profile, figure, device) if figure else all_configs(profile, device)
+
+
 def _publish(args) -> int:
     from .published import MissingResultError, find_finished, publish
 
     try:
-        configs = figure_configs(args.profile, args.figure) if args.figure else all_configs(args.profile)
+        configs = _profile_configs(args.profile, args.figure)
         folders = publish(find_finished(configs, args.results), args.profile, args.to)
     except (ValueError, MissingResultError) as err:
         print(f"ncpaper: error: {err}", file=sys.stderr)
@@ -133,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.profile:
                 device = None if args.device == RunConfig().device else args.device  # else the profile's
-                configs = (figure_configs(args.profile, args.figure, device) if args.figure
-                           else all_configs(args.profile, device))
+                configs = _profile_configs(args.profile, args.figure, device)
             else:
                 configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
             workers, scheduler = args.workers, args.scheduler

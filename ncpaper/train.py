@@ -206,6 +206,27 @@ def _evaluate(model, split: data_module.LabelledImages, batch_size: int) -> dict
     return {"test_loss": loss / (n * model.num_classes), "test_error": errors / n}
 
 
+def initial_model(config: RunConfig, train: data_module.LabelledImages) -> torch.nn.Module:
+    """The network of ``config`` at initialisation (seeded by ``config.seed``), on its device."""
+    torch.manual_seed(config.seed)
+    model = make_model(config.model, train.input_shape, train.num_classes, **config.sizes)
+    return model.to(torch.device(config.device))
+
+
+def lr_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The rate multiplied by ``lr_gamma`` at the ``lr_milestones`` fractions of the epochs (stepped per epoch)."""
+    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+
+
+def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1/(2BC) sum ||y - f||^2 over a batch with one-hot ``targets`` (B x C): the paper's data term.
+
+    ``outputs`` may carry leading dimensions (K stacked networks): their losses are summed.
+    """
+    return (outputs.float() - targets).pow(2).sum() * (0.5 / targets.numel())
+
+
 def _diverged(config: RunConfig, epoch: int, why: str) -> TrainingDivergedError:
     return TrainingDivergedError(f"training diverged at epoch {epoch} ({why}) for {config.describe()}, "
                                  f"lr={config.lr}: lower the learning rate or the weight decay")
@@ -240,12 +261,10 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
         train = data_module.load(config.dataset, "train", config.n_per_class, config.seed)
     if test is None and config.n_test_per_class is not None:
         test = data_module.load(config.dataset, "test", config.n_test_per_class, config.seed)
-    torch.manual_seed(config.seed)
-    model = make_model(config.model, train.input_shape, train.num_classes, **config.sizes).to(device)
+    model = initial_model(config, train)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    milestones = sorted({max(1, round(m * config.epochs)) for m in config.lr_milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+    scheduler = lr_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     rows: list[dict] = []
     start_epoch, train_seconds, measure_seconds = 0, 0.0, 0.0
@@ -259,7 +278,7 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
 
     x, y = train.x.to(device), train.y.to(device)
     targets = torch.nn.functional.one_hot(y, train.num_classes).float()
-    n, scale = len(y), 1.0 / train.num_classes
+    n = len(y)
     to_measure = set(measurement_epochs(config.epochs, config.n_measurements))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
     epochs = range(start_epoch + 1, config.epochs + 1)
@@ -276,8 +295,7 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
             idx = order[start:start + config.batch_size]
             with autocast:
                 out = model(x[idx])
-            # 1/(2BC) sum ||y - f||^2: the batch estimate of the paper's data term
-            loss = (out.float() - targets[idx]).pow(2).sum() * (0.5 * scale / len(idx))
+            loss = batch_loss(out, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
