@@ -32,9 +32,9 @@ from .train import RunConfig, TrainingDivergedError, TrainingState, fit
 
 __all__ = ["SCHEMA_VERSION", "Run", "collect", "config_key", "load_run", "results_dir", "run_or_load"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers.
-METRICS_VERSION = 1
+METRICS_VERSION = 2
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 
 

@@ -1,9 +1,12 @@
-"""Training with the paper's objective, measuring Neural Collapse at log-spaced epochs.
+"""Training with the slides' objective, measuring Neural Collapse at log-spaced epochs.
 
-    L(W) = 1/(2NC) sum_i ||y_i - f(x_i)||^2 + lambda/2 sum_k ||W_k||_F^2      (one-hot y_i)
+    L(W) = 1/(2NC) sum_{n,c} ||y_{n(c)} - f(x_{n(c)})||^2 + lambda/2 sum_k ||W_k||_F^2      (one-hot y)
 
-optimised by SGD with momentum. The penalty's gradient lambda W_k is exactly SGD's
-``weight_decay=lambda``, applied to every layer (the networks have no other parameters).
+with N examples per class and C classes (NC in all): the data term is half the mean over examples of
+||y - f||^2. It is optimised by SGD with momentum and learning rate eta; the penalty's gradient
+lambda W_k is exactly SGD's ``weight_decay=lambda``, applied to every layer (the networks have no
+other parameters). In ``nn.MSELoss`` units the same run is lr = C eta / 2, weight_decay = 2 lambda / C
+(:func:`mse_equivalent`).
 This module returns rows and states; it knows nothing of files (see :mod:`ncpaper.results`).
 """
 
@@ -17,21 +20,11 @@ import numpy as np
 import torch
 
 from . import data as data_module
-from .metrics import (
-    NC_KEYS,
-    ClassStatistics,
-    UndefinedCollapseError,
-    classifier_alignment,
-    count_ncc_mismatches,
-    neural_collapse_from_statistics,
-)
-from .models import MODELS, make_model, weight_matrices
+from .measure import TrainingDivergedError, measure, square_loss
+from .models import MODELS, make_model
 
-__all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "square_loss"]
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss or the features became NaN or infinite."""
+__all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "mse_equivalent",
+           "slides_from_mse", "square_loss"]
 
 
 # Fields added after the first results were cached: left out of RunConfig.to_dict (and so of the
@@ -48,8 +41,8 @@ class RunConfig:
     sizes: dict = field(default_factory=lambda: {"widths": [512, 512, 512]})
     n_per_class: int | None = 100
     n_test_per_class: int | None = 100
-    weight_decay: float = 0.0  # the paper's lambda
-    lr: float = 0.05
+    weight_decay: float = 0.0  # the slides' lambda (nn.MSELoss + SGD: weight_decay = 2 lambda / C)
+    lr: float = 0.005  # the slides' eta (nn.MSELoss + SGD: lr = C eta / 2)
     momentum: float = 0.9
     batch_size: int = 128
     epochs: int = 1000
@@ -132,80 +125,6 @@ def measurement_epochs(epochs: int, n: int) -> list[int]:
     return sorted({int(e) for e in points} | {epochs})
 
 
-def square_loss(outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """1/(2 B C) sum_i ||y_i - f(x_i)||^2 with one-hot y_i (reduction='sum' drops the 1/(B C))."""
-    residual = outputs.clone()
-    residual[torch.arange(len(labels), device=labels.device), labels] -= 1
-    total = residual.pow(2).sum() / 2
-    return total / outputs.numel() if reduction == "mean" else total
-
-
-@torch.no_grad()
-def measure(model, train: data_module.LabelledImages, test: data_module.LabelledImages | None,
-            weight_decay: float, batch_size: int = 4096) -> dict:
-    """Losses, errors, eps, the balance of Lemma 2, layer norms and NC1-NC4 on the training set."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    c = model.num_classes
-    n = len(train.y)
-    stats = ClassStatistics(c, model.feature_dim, device=device)
-    sums = dict.fromkeys(("loss", "errors", "on_class", "off_class", "fit"), 0.0)
-    for start in range(0, n, batch_size):
-        xb, yb = train.x[start:start + batch_size].to(device), train.y[start:start + batch_size].to(device)
-        h = model.features(xb)
-        f = model.classifier(h).double()
-        if not (torch.isfinite(h).all() and torch.isfinite(f).all()):
-            raise TrainingDivergedError("features or outputs became NaN or infinite")
-        stats.update(h, yb)
-        onehot = torch.nn.functional.one_hot(yb, c).double()
-        sums["loss"] += square_loss(f, yb, reduction="sum").item()
-        sums["errors"] += (f.argmax(1) != yb).sum().item()
-        on = (f * onehot).sum(1)
-        sums["on_class"] += on.sum().item()
-        sums["off_class"] += (f.sum(1) - on).sum().item()
-        sums["fit"] += ((onehot - f) * f).sum().item()
-    w = model.classifier.weight
-    mismatches = sum(
-        count_ncc_mismatches(model.features(train.x[s:s + batch_size].to(device)), w, stats.means)
-        for s in range(0, n, batch_size))
-    norms = {f"layer_norm_sq_{k}": float(p.detach().double().pow(2).sum())
-             for k, (_, p) in enumerate(weight_matrices(model), start=1)}
-    row = {
-        "train_loss": sums["loss"] / (n * c),
-        "train_objective": sums["loss"] / (n * c) + weight_decay / 2 * sum(norms.values()),
-        "train_error": sums["errors"] / n,
-        "eps": 1 - sums["on_class"] / n,  # 1 - mean_i f_{y_i}(x_i)
-        "off_class_mean": sums["off_class"] / (n * (c - 1)),  # eps/(C-1) under symmetry
-        "fit_term": sums["fit"] / (n * c),  # (1/NC) sum_i <y_i - f_i, f_i>: lambda ||W_k||^2 at a critical point
-    }
-    if test is not None:
-        row.update(_evaluate(model, test, batch_size))
-    try:
-        row.update(neural_collapse_from_statistics(stats, w, mismatches))
-        align = classifier_alignment(w, stats.centred_means())
-        row.update({"w_means_scale": align.scale, "w_means_residual": align.relative_residual,
-                    "w_mean_cosine": align.mean_cosine, "w_row_norm_sq": align.mean_row_norm_sq, "nc_defined": True})
-    except UndefinedCollapseError:  # e.g. weight decay drove the network to f = 0: recorded as undefined
-        row.update(dict.fromkeys((*NC_KEYS, "w_means_scale", "w_means_residual", "w_mean_cosine"), math.nan))
-        row.update({"w_row_norm_sq": float(w.detach().double().pow(2).sum(1).mean()), "nc_defined": False})
-    row.update(norms)
-    model.train(was_training)
-    return row
-
-
-def _evaluate(model, split: data_module.LabelledImages, batch_size: int) -> dict:
-    device = next(model.parameters()).device
-    loss, errors = 0.0, 0
-    for start in range(0, len(split.y), batch_size):
-        xb, yb = split.x[start:start + batch_size].to(device), split.y[start:start + batch_size].to(device)
-        f = model(xb).double()
-        loss += square_loss(f, yb, reduction="sum").item()
-        errors += int((f.argmax(1) != yb).sum())
-    n = len(split.y)
-    return {"test_loss": loss / (n * model.num_classes), "test_error": errors / n}
-
-
 def initial_model(config: RunConfig, train: data_module.LabelledImages) -> torch.nn.Module:
     """The network of ``config`` at initialisation (seeded by ``config.seed``), on its device."""
     torch.manual_seed(config.seed)
@@ -220,11 +139,26 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.o
 
 
 def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1/(2BC) sum ||y - f||^2 over a batch with one-hot ``targets`` (B x C): the paper's data term.
+    """1/(2B) sum_i ||y_i - f_i||^2 over a batch of B examples with one-hot ``targets`` (B x C).
 
-    ``outputs`` may carry leading dimensions (K stacked networks): their losses are summed.
+    The slides' data term on the batch (half the mean over its examples). ``outputs`` may carry
+    leading dimensions (K stacked networks): their losses are summed.
     """
-    return (outputs.float() - targets).pow(2).sum() * (0.5 / targets.numel())
+    return (outputs.float() - targets).pow(2).sum() * (0.5 / targets.shape[0])
+
+
+def mse_equivalent(lr: float, weight_decay: float, num_classes: int) -> dict:
+    """The same SGD run written for ``nn.MSELoss`` + ``torch.optim.SGD(weight_decay=...)``.
+
+    nn.MSELoss averages over the B x C entries, so it is (2/C) x the slides' data term; SGD steps
+    eta (grad D + lambda W) = lr (grad MSE + wd W) when lr = C eta / 2 and wd = 2 lambda / C.
+    """
+    return {"lr": num_classes * lr / 2, "weight_decay": 2 * weight_decay / num_classes}
+
+
+def slides_from_mse(lr: float, weight_decay: float, num_classes: int) -> dict:
+    """Inverse of :func:`mse_equivalent`: (eta, lambda) in the slides' units from nn.MSELoss's (lr, wd)."""
+    return {"lr": 2 * lr / num_classes, "weight_decay": num_classes * weight_decay / 2}
 
 
 def _diverged(config: RunConfig, epoch: int, why: str) -> TrainingDivergedError:
