@@ -1,11 +1,12 @@
 """Neural Collapse measurements (Papyan, Han & Donoho, 2020), as used in the paper.
 
-Notation (the paper's): features ``h`` (N x p) of the last hidden layer, labels ``y`` in
-``{0..C-1}``, classifier ``W`` (C x p, rows ``W_c``), class means ``mu_c``, global mean ``mu_G``,
+Notation (the paper's): features ``h`` (n x p) of a layer, labels ``y`` in ``{0..C-1}``, classifier
+``W`` (C x p, rows ``W_c``), class means ``mu_c``, global mean ``mu_G``, n = NC examples in all,
 
-    Sigma_W = 1/N sum_i (h_i - mu_{y_i}) (h_i - mu_{y_i})^T       within-class covariance
+    Sigma_W = 1/n sum_i (h_i - mu_{y_i}) (h_i - mu_{y_i})^T       within-class covariance
     Sigma_B = 1/C sum_c (mu_c - mu_G) (mu_c - mu_G)^T              between-class covariance
     M       = rows (mu_c - mu_G)                                   centred class means (C x p)
+    var_c   = 1/n_c sum_{i in c} ||h_i - mu_c||^2                  class c's variance (trace of its covariance)
 
     nc1                      = Tr(Sigma_W Sigma_B^+) / C
     nc2_equinorm_{means,weights}    = std_c ||v_c|| / mean_c ||v_c||          (ddof = 0)
@@ -13,9 +14,17 @@ Notation (the paper's): features ``h`` (N x p) of the last hidden layer, labels 
     nc2_maxangle_{means,weights}    = mean over c < c' of |cos(v_c, v_c') + 1/(C-1)|
     nc3                      = || W/||W||_F - M/||M||_F ||_F^2
     nc4                      = fraction of i with argmax_c (W h_i)_c != argmin_c ||h_i - mu_c||
+    cdnv                     = mean over c < c' of (var_c + var_c') / (2 ||mu_c - mu_c'||^2)
+                               (Galanti et al. 2022, "On the role of neural collapse in transfer learning")
 
-Everything is accumulated in float64. :class:`ClassStatistics` streams over batches, holding only
-class counts, class means and the p x p within-class scatter, so memory never grows with N.
+Everything is accumulated in float64, in two streaming passes that keep no per-example data:
+pass 1 (:class:`ClassStatistics`) the class counts, means and within-class sums of squares (N p work);
+pass 2 (:class:`SpanScatter`) the within-class scatter only on the span of the C centred means, which is
+all that Tr(Sigma_W Sigma_B^+) needs: with M^T = U S V^T (rank r <= C-1), Sigma_B^+ = C U S^-2 U^T and
+
+    nc1 = sum_j (1/n) sum_i (u_j^T (h_i - mu_{y_i}))^2 / s_j^2                 (N p r work, not N p^2)
+
+and the nearest-class-centre counts (NC4) are taken in the same pass.
 """
 
 from __future__ import annotations
@@ -27,11 +36,18 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CENTRED_CLASSIFIER_KEYS",
     "NC_KEYS",
     "ClassStatistics",
+    "SpanScatter",
     "UndefinedCollapseError",
+    "cdnv",
+    "centred_classifier_collapse",
     "classifier_alignment",
+    "classifier_fit",
     "count_ncc_mismatches",
+    "means_collapse",
+    "nearest_class_centre",
     "neural_collapse",
     "neural_collapse_from_statistics",
     "neural_collapse_streaming",
@@ -47,6 +63,14 @@ NC_KEYS = (
     "nc2_maxangle_weights",
     "nc3",
     "nc4",
+    "cdnv",
+)
+
+CENTRED_CLASSIFIER_KEYS = (
+    "nc2_equinorm_weights_centred",
+    "nc2_equiangular_weights_centred",
+    "nc2_maxangle_weights_centred",
+    "nc3_centred",
 )
 
 _F64 = torch.float64
@@ -102,13 +126,13 @@ def _check_weights(weights: torch.Tensor, num_classes: int, dim: int) -> None:
 
 
 class ClassStatistics:
-    """Streaming float64 class counts, class means and within-class scatter.
+    """Pass 1: float64 class counts n_c, class means mu_c and within-class sums of squares S_c.
 
-    ``update(h, y)`` merges a batch with Chan et al.'s pairwise rule: with ``n_a, m_a`` the
-    running count and mean of class c and ``n_b, m_b`` the batch's,
-    ``S_W += S_batch + sum_c n_a n_b / (n_a + n_b) (m_b - m_a)(m_b - m_a)^T``. Centring each
-    batch on its own class means avoids the cancellation of ``E[hh^T] - mu mu^T`` when the
-    within-class spread is tiny (exactly the collapsed regime we measure).
+    ``update(h, y)`` merges a batch with Chan et al.'s pairwise rule: with ``n_a, m_a`` the running
+    count and mean of class c and ``n_b, m_b`` the batch's,
+    ``S_c += S_batch,c + n_a n_b / (n_a + n_b) ||m_b - m_a||^2``. Centring each batch on its own class
+    means avoids the cancellation of ``E||h||^2 - ||mu||^2`` when the within-class spread is tiny
+    (exactly the collapsed regime we measure). State: C (p + 2) numbers whatever n.
     """
 
     def __init__(self, num_classes: int, dim: int, device: torch.device | str | None = None):
@@ -120,7 +144,7 @@ class ClassStatistics:
         self.dim = dim
         self.counts = torch.zeros(num_classes, dtype=_F64, device=device)
         self.means = torch.zeros(num_classes, dim, dtype=_F64, device=device)
-        self.within_scatter = torch.zeros(dim, dim, dtype=_F64, device=device)
+        self.sum_squares = torch.zeros(num_classes, dtype=_F64, device=device)
 
     @property
     def n(self) -> int:
@@ -139,11 +163,12 @@ class ClassStatistics:
         sums = torch.zeros_like(self.means).index_add_(0, y, h)
         m_b = sums / n_b.clamp(min=1).unsqueeze(1)
         centred = h - m_b[y]
+        batch_squares = torch.zeros_like(self.sum_squares).index_add_(0, y, (centred * centred).sum(1))
         n_a = self.counts
         total = n_a + n_b
         delta = m_b - self.means
         pair_weight = torch.where(total > 0, n_a * n_b / total.clamp(min=1), torch.zeros_like(total))
-        self.within_scatter += centred.T @ centred + (delta * pair_weight.unsqueeze(1)).T @ delta
+        self.sum_squares += batch_squares + pair_weight * (delta * delta).sum(1)
         self.means += delta * (n_b / total.clamp(min=1)).unsqueeze(1)
         self.counts = total
         return self
@@ -156,15 +181,61 @@ class ClassStatistics:
         """M, the C x p matrix of rows mu_c - mu_G."""
         return self.means - self.global_mean()
 
-    def sigma_w(self) -> torch.Tensor:
-        """Sigma_W = S_W / N, the within-class covariance (p x p)."""
-        return self.within_scatter / self.counts.sum()
+    def class_variances(self) -> torch.Tensor:
+        """var_c = S_c / n_c, the trace of class c's covariance (C values)."""
+        return self.sum_squares / self.counts
 
     def check_complete(self) -> None:
         empty = (self.counts == 0).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"class(es) {empty} have no samples; every one of the C = "
                              f"{self.num_classes} classes needs at least one")
+
+    def between_class_basis(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, s): the kept left singular vectors (p x r) and values of M^T, the support of Sigma_B^+.
+
+        The rows of M sum to zero (weighted by class counts), so at most C-1 singular values are
+        kept; of those, values below max(p, C) * eps * max(s_max, max_c ||mu_c||) are rounding noise
+        (the centring subtracts vectors of norm up to max_c ||mu_c||) and are dropped. All means equal:
+        r = 0 (NC1 undefined).
+        """
+        m = self.centred_means()
+        u, s, _ = torch.linalg.svd(m.T, full_matrices=False)
+        if s.numel() == 0 or s[0] == 0:
+            return u[:, :0], s[:0]
+        rounding = max(s[0].item(), self.means.norm(dim=1).max().item())
+        keep = s > max(m.shape) * torch.finfo(_F64).eps * rounding
+        keep[self.num_classes - 1:] = False
+        return u[:, keep], s[keep]
+
+
+class SpanScatter:
+    """Pass 2: d_j = sum_i (u_j^T (h_i - mu_{y_i}))^2 for the kept directions u_j of M^T = U S V^T.
+
+    Needs pass 1's final means (so the centring is exact and nothing cancels); costs N p r with
+    r <= C-1, against the N p^2 of the full p x p within-class scatter.
+    """
+
+    def __init__(self, stats: ClassStatistics):
+        stats.check_complete()
+        self.stats = stats
+        self.basis, self.singular_values = stats.between_class_basis()
+        self.projected_squares = torch.zeros(self.basis.shape[1], dtype=_F64, device=stats.means.device)
+
+    def update(self, features, labels) -> SpanScatter:
+        h = _as_tensor(features, "features").to(self.stats.means.device)
+        _check_features(h)
+        y = _check_labels(_as_tensor(labels, "labels", dtype=None).to(h.device), h.shape[0],
+                          self.stats.num_classes)
+        projected = (h - self.stats.means[y]) @ self.basis
+        self.projected_squares += (projected * projected).sum(0)
+        return self
+
+    def nc1(self) -> float:
+        """Tr(Sigma_W Sigma_B^+)/C = sum_j (d_j / n) / s_j^2."""
+        if self.singular_values.numel() == 0:
+            raise UndefinedCollapseError("all class means coincide (Sigma_B = 0): NC1 is undefined")
+        return float((self.projected_squares / self.stats.counts.sum() / self.singular_values**2).sum().item())
 
 
 def _norms_and_pairwise_cosines(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,65 +260,60 @@ def _norm_and_cosine_stats(vectors: torch.Tensor) -> tuple[float, float, float]:
     return equinorm, equiangular, maxangle
 
 
-def _nc1(stats: ClassStatistics) -> float:
-    """Tr(Sigma_W Sigma_B^+)/C through the thin SVD M^T = U S V^T (rank <= C-1).
+def cdnv(stats: ClassStatistics) -> float:
+    """mean over c < c' of (var_c + var_c') / (2 ||mu_c - mu_c'||^2); no pseudo-inverse needed."""
+    stats.check_complete()
+    c = stats.num_classes
+    iu = torch.triu_indices(c, c, offset=1, device=stats.means.device)
+    distances = (stats.means[iu[0]] - stats.means[iu[1]]).pow(2).sum(1)
+    if (distances == 0).any():
+        raise UndefinedCollapseError("two class means coincide: the CDNV is undefined")
+    variances = stats.class_variances()
+    return float(((variances[iu[0]] + variances[iu[1]]) / (2 * distances)).mean().item())
 
-    Sigma_B = M^T M / C, so Sigma_B^+ = C U S^-2 U^T and nc1 = sum_i u_i^T Sigma_W u_i / s_i^2.
-    The rows of M sum to zero (weighted by class counts), so at most C-1 singular values are
-    kept; of those, values below max(p, C) * eps * max(s_max, max_c ||mu_c||) are rounding noise
-    (the centring subtracts vectors of norm up to max_c ||mu_c||) and are treated as zero.
-    """
-    m = stats.centred_means()
-    u, s, _ = torch.linalg.svd(m.T, full_matrices=False)
-    if s.numel() == 0 or s[0] == 0:
-        raise UndefinedCollapseError("all class means coincide (Sigma_B = 0): NC1 is undefined")
-    rounding = max(s[0].item(), stats.means.norm(dim=1).max().item())
-    keep = s > max(m.shape) * torch.finfo(_F64).eps * rounding
-    keep[stats.num_classes - 1:] = False
-    u, s = u[:, keep], s[keep]
-    quad = ((stats.sigma_w() @ u) * u).sum(0)
-    return float((quad / s**2).sum().item())
+
+def nearest_class_centre(features, means) -> torch.Tensor:
+    """argmin_c ||h_i - mu_c|| for every row of ``features`` (the nearest-class-centre rule)."""
+    h = _as_tensor(features, "features")
+    mu = _as_tensor(means, "means").to(h.device)
+    _check_features(h)
+    # ||h - mu_c||^2 = ||h||^2 - 2 h.mu_c + ||mu_c||^2; the first term does not change the argmin.
+    return ((mu * mu).sum(1) - 2 * h @ mu.T).argmin(1)
 
 
 def count_ncc_mismatches(features, weights, means) -> int:
-    """Number of rows where argmax_c (W h)_c differs from the nearest class mean argmin_c ||h - mu_c||.
-
-    Pass 2 of the streaming NC4: needs the final class means of pass 1.
-    """
+    """Number of rows where argmax_c (W h)_c differs from the nearest class mean argmin_c ||h - mu_c||."""
     h = _as_tensor(features, "features")
     w = _as_tensor(weights, "weights").to(h.device)
-    mu = _as_tensor(means, "means").to(h.device)
-    _check_features(h)
-    net = (h @ w.T).argmax(1)
-    # ||h - mu_c||^2 = ||h||^2 - 2 h.mu_c + ||mu_c||^2; the first term does not change the argmin.
-    ncc = ((mu * mu).sum(1) - 2 * h @ mu.T).argmin(1)
-    return int((net != ncc).sum().item())
+    return int(((h @ w.T).argmax(1) != nearest_class_centre(h, means)).sum().item())
 
 
-def neural_collapse_from_statistics(stats: ClassStatistics, weights, ncc_mismatches: int) -> dict:
-    """All NC metrics from pass-1 statistics, the classifier and the pass-2 NC4 count."""
+def means_collapse(stats: ClassStatistics, span: SpanScatter) -> dict[str, float]:
+    """The class-means side of NC at one layer: nc1, nc2_*_means and cdnv (raises if undefined)."""
+    eq_m, ang_m, max_m = _norm_and_cosine_stats(stats.centred_means())
+    return {"nc1": span.nc1(), "nc2_equinorm_means": eq_m, "nc2_equiangular_means": ang_m,
+            "nc2_maxangle_means": max_m, "cdnv": cdnv(stats)}
+
+
+def neural_collapse_from_statistics(stats: ClassStatistics, span: SpanScatter, weights,
+                                    ncc_mismatches: int) -> dict[str, float]:
+    """All NC metrics (:data:`NC_KEYS`) from the two passes' accumulators, the classifier and the NC4 count."""
     stats.check_complete()
     w = _as_tensor(weights, "weights").to(stats.means.device)
     _check_weights(w, stats.num_classes, stats.dim)
     m = stats.centred_means()
-    eq_m, ang_m, max_m = _norm_and_cosine_stats(m)
     eq_w, ang_w, max_w = _norm_and_cosine_stats(w)
+    if m.norm() == 0:
+        raise UndefinedCollapseError("all class means coincide: NC3 is undefined")
     nc3 = (w / w.norm() - m / m.norm()).pow(2).sum().item()
-    return {
-        "nc1": _nc1(stats),
-        "nc2_equinorm_means": eq_m,
-        "nc2_equinorm_weights": eq_w,
-        "nc2_equiangular_means": ang_m,
-        "nc2_equiangular_weights": ang_w,
-        "nc2_maxangle_means": max_m,
-        "nc2_maxangle_weights": max_w,
-        "nc3": float(nc3),
-        "nc4": ncc_mismatches / stats.n,
-    }
+    row = means_collapse(stats, span)
+    row.update({"nc2_equinorm_weights": eq_w, "nc2_equiangular_weights": ang_w, "nc2_maxangle_weights": max_w,
+                "nc3": float(nc3), "nc4": ncc_mismatches / stats.n})
+    return {key: row[key] for key in NC_KEYS}
 
 
 def neural_collapse(features, labels, weights, num_classes: int | None = None) -> dict[str, float]:
-    """NC1-NC4 of features (N x p), integer labels (N) and classifier weights (C x p).
+    """NC1-NC4 and the CDNV of features (N x p), integer labels (N) and classifier weights (C x p).
 
     ``num_classes`` defaults to the number of rows of ``weights``. Returns a dict with exactly
     the keys :data:`NC_KEYS`, as plain Python floats.
@@ -261,23 +327,63 @@ def neural_collapse(features, labels, weights, num_classes: int | None = None) -
     stats = ClassStatistics(c, h.shape[1], device=h.device).update(h, labels)
     stats.check_complete()
     _check_weights(w.to(h.device), c, h.shape[1])
-    return neural_collapse_from_statistics(stats, w, count_ncc_mismatches(h, w, stats.means))
+    span = SpanScatter(stats).update(h, labels)
+    return neural_collapse_from_statistics(stats, span, w, count_ncc_mismatches(h, w, stats.means))
 
 
 def neural_collapse_streaming(batches: Callable[[], Iterable], weights, num_classes: int,
                               dim: int, device=None) -> dict[str, float]:
-    """NC1-NC4 over batches that never need to be in memory together.
+    """NC1-NC4 and the CDNV over batches that never need to be in memory together.
 
     ``batches()`` must return a fresh iterable of ``(features, labels)`` each time it is called:
-    it is called twice (pass 1 accumulates class statistics, pass 2 counts NC4 mismatches
-    against the final means).
+    it is called twice (pass 1 accumulates class statistics; pass 2 the scatter on the span of
+    the centred means and the NC4 mismatches against the final means).
     """
     stats = ClassStatistics(num_classes, dim, device=device)
     for h, y in batches():
         stats.update(h, y)
     stats.check_complete()
-    mismatches = sum(count_ncc_mismatches(h, weights, stats.means) for h, _ in batches())
-    return neural_collapse_from_statistics(stats, weights, mismatches)
+    span = SpanScatter(stats)
+    mismatches = 0
+    for h, y in batches():
+        span.update(h, y)
+        mismatches += count_ncc_mismatches(h, weights, stats.means)
+    return neural_collapse_from_statistics(stats, span, weights, mismatches)
+
+
+def centred_classifier_collapse(weights, centred_means) -> dict[str, float]:
+    """NC2 and NC3 of the centred classifier W~ = W - 1 (mean_c W_c)^T (:data:`CENTRED_CLASSIFIER_KEYS`).
+
+    At a critical point W = k M + beta 1 mu_G^T carries a common row, so the raw rows' cosines cannot
+    reach -1/(C-1); W~'s can. Same formulas as for W: nc3_centred = ||W~/||W~||_F - M/||M||_F||_F^2.
+    """
+    w = _as_tensor(weights, "weights")
+    m = _as_tensor(centred_means, "centred_means").to(w.device)
+    _check_weights(w, m.shape[0], m.shape[1])
+    centred = w - w.mean(0)
+    if centred.norm() == 0 or m.norm() == 0:
+        raise UndefinedCollapseError("the centred classifier or the centred means are zero")
+    equinorm, equiangular, maxangle = _norm_and_cosine_stats(centred)
+    nc3 = (centred / centred.norm() - m / m.norm()).pow(2).sum().item()
+    return dict(zip(CENTRED_CLASSIFIER_KEYS, (equinorm, equiangular, maxangle, float(nc3)), strict=True))
+
+
+def classifier_fit(weights, centred_means, global_mean) -> dict[str, float]:
+    """The two-parameter fit W ~ k M + beta 1 mu_G^T (Frobenius-orthogonal regressors on balanced data).
+
+    w_fit_k = <W, M>_F / ||M||_F^2, w_fit_beta = <mean_c W_c, mu_G> / ||mu_G||^2,
+    w_fit_residual = ||W - k M - beta 1 mu_G^T||_F / ||W||_F.
+    """
+    w = _as_tensor(weights, "weights")
+    m = _as_tensor(centred_means, "centred_means").to(w.device)
+    mu_g = _as_tensor(global_mean, "global_mean").to(w.device)
+    _check_weights(w, m.shape[0], m.shape[1])
+    if m.norm() == 0 or mu_g.norm() == 0 or w.norm() == 0:
+        raise UndefinedCollapseError("the centred means, the global mean or the classifier is zero")
+    k = (w * m).sum() / (m * m).sum()
+    beta = (w.mean(0) @ mu_g) / (mu_g @ mu_g)
+    residual = (w - k * m - beta * mu_g.unsqueeze(0)).norm() / w.norm()
+    return {"w_fit_k": float(k), "w_fit_beta": float(beta), "w_fit_residual": float(residual)}
 
 
 @dataclass(frozen=True)

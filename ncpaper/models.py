@@ -3,7 +3,11 @@
 No biases, no normalisation layers: only linear maps, convolutions, ReLU and max pooling, all
 positively homogeneous, so f(a x) = a f(x) for a > 0 and scaling every layer by c scales f by c^L.
 Every model splits as ``model(x) == model.classifier(model.features(x))``: ``features`` gives the
-last-layer features h, ``classifier`` is W_L (an ``nn.Linear`` without bias).
+last-layer features h, ``classifier`` is W_L (an ``nn.Linear`` without bias). ``layer_features`` gives
+every hidden layer's representation h_1 .. h_{L-1} (the last one is ``features``), each flattened to
+N x p_l: for an MLP the post-ReLU output of each hidden layer; for the ConvNet each stage's output
+after ReLU and max pooling (the representation the next layer sees), then the fully connected layer's
+post-ReLU output.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ __all__ = ["MODELS", "BiasFreeConvNet", "BiasFreeMLP", "HomogeneousClassifier", 
 class HomogeneousClassifier(nn.Module):
     """A feature extractor followed by a bias-free linear classifier."""
 
-    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
+    def __init__(self, body: nn.Sequential, feature_dim: int, num_classes: int, layer_dims: list[int]):
         super().__init__()
         self.body = body
+        self._layer_dims = tuple(layer_dims)
         self.classifier = nn.Linear(feature_dim, num_classes, bias=False)
 
     @property
@@ -35,6 +40,24 @@ class HomogeneousClassifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[h_1, ..., h_{L-1}]: each hidden layer's representation, flattened (N x p_l); h_{L-1} = features(x).
+
+        A layer ends after its ReLU, or after the max pooling that follows the ReLU.
+        """
+        modules = list(self.body)
+        outputs = []
+        for k, module in enumerate(modules):
+            x = module(x)
+            pooled_next = k + 1 < len(modules) and isinstance(modules[k + 1], nn.MaxPool2d)
+            if isinstance(module, nn.MaxPool2d) or (isinstance(module, nn.ReLU) and not pooled_next):
+                outputs.append(x.flatten(1))
+        return outputs
+
+    def layer_dims(self) -> list[int]:
+        """p_1 .. p_{L-1}, the widths of :meth:`layer_features` (for the ConvNet, channels x height x width)."""
+        return list(self._layer_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -50,7 +73,7 @@ class BiasFreeMLP(HomogeneousClassifier):
         for width in widths:
             layers += [nn.Linear(fan_in, width, bias=False), nn.ReLU()]
             fan_in = width
-        super().__init__(nn.Sequential(*layers), fan_in, num_classes)
+        super().__init__(nn.Sequential(*layers), fan_in, num_classes, widths)
 
 
 class BiasFreeConvNet(HomogeneousClassifier):
@@ -67,11 +90,13 @@ class BiasFreeConvNet(HomogeneousClassifier):
             raise ValueError(f"{len(channels)} max-pooling stages need images of at least "
                              f"{2 ** len(channels)} pixels a side, got {height}x{width}")
         layers: list[nn.Module] = []
+        dims = []
         for out_ch in channels:
             layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2)]
             in_ch, height, width = out_ch, height // 2, width // 2
+            dims.append(in_ch * height * width)
         layers += [nn.Flatten(), nn.Linear(in_ch * height * width, fc_width, bias=False), nn.ReLU()]
-        super().__init__(nn.Sequential(*layers), fc_width, num_classes)
+        super().__init__(nn.Sequential(*layers), fc_width, num_classes, [*dims, fc_width])
 
 
 MODELS = {"mlp": BiasFreeMLP, "convnet": BiasFreeConvNet}

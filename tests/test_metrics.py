@@ -1,4 +1,4 @@
-"""NC1-NC4 against a direct float64 computation, closed forms and invariances."""
+"""NC1-NC4 and the CDNV against a direct float64 computation, closed forms and invariances."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,11 @@ from hypothesis import strategies as st
 from ncpaper.metrics import (
     NC_KEYS,
     ClassStatistics,
+    SpanScatter,
+    UndefinedCollapseError,
+    centred_classifier_collapse,
     classifier_alignment,
+    classifier_fit,
     neural_collapse,
     neural_collapse_streaming,
 )
@@ -37,6 +41,8 @@ def direct_neural_collapse(h, y, w):
 
     eq_m, ang_m, max_m = norm_cos(m)
     eq_w, ang_w, max_w = norm_cos(w)
+    var = np.array([np.mean(np.sum((h[y == k] - mu[k]) ** 2, axis=1)) for k in range(c)])
+    cdnv = np.mean([(var[a] + var[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2)) for a in range(c) for b in range(a + 1, c)])
     net = (h @ w.T).argmax(1)
     ncc = np.array([np.argmin([np.linalg.norm(x - mu[k]) for k in range(c)]) for x in h])
     return {
@@ -46,6 +52,7 @@ def direct_neural_collapse(h, y, w):
         "nc2_maxangle_means": max_m, "nc2_maxangle_weights": max_w,
         "nc3": np.sum((w / np.linalg.norm(w) - m / np.linalg.norm(m)) ** 2),
         "nc4": np.mean(net != ncc),
+        "cdnv": cdnv,
     }
 
 
@@ -168,3 +175,59 @@ def test_streaming_rejects_wrong_width():
     stats = ClassStatistics(3, 4)
     with pytest.raises(ValueError, match="expected 4"):
         stats.update(np.zeros((2, 5)), np.array([0, 1]))
+
+
+def test_span_scatter_is_the_full_within_class_scatter_seen_through_the_means():
+    """u_j^T Sigma_W u_j from pass 2 equals the same quadratic form of the full p x p Sigma_W."""
+    h, y, w = random_problem(8, n_per_class=30, p=40, c=6)
+    stats = ClassStatistics(6, 40).update(h, y)
+    span = SpanScatter(stats).update(h[:70], y[:70]).update(h[70:], y[70:])
+    mu = np.stack([h[y == k].mean(0) for k in range(6)])
+    z = h - mu[y]
+    u = span.basis.numpy()
+    assert u.shape == (40, 5)  # rank C-1
+    np.testing.assert_allclose(span.projected_squares.numpy(), np.diag(u.T @ (z.T @ z) @ u), rtol=1e-10)
+    assert span.nc1() == pytest.approx(direct_neural_collapse(h, y, w)["nc1"], rel=1e-9)
+
+
+def test_cdnv_closed_form_on_two_classes():
+    """Two classes at +-a e_1 with isotropic spread s in p dimensions: CDNV = 2 p s^2 / (2 (2a)^2)."""
+    a, p = 1.5, 3
+    offsets = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=float)
+    h = np.concatenate([a * np.eye(p)[0] + 0.2 * offsets, -a * np.eye(p)[0] + 0.2 * offsets])
+    y = np.repeat([0, 1], 6)
+    var = 0.2**2 * 2 / 6 * p  # trace of each class's covariance
+    assert neural_collapse(h, y, np.eye(2, p))["cdnv"] == pytest.approx(2 * var / (2 * (2 * a) ** 2), rel=1e-12)
+
+
+def test_cdnv_and_nc1_are_scale_invariant_and_undefined_when_means_coincide():
+    h, y, w = random_problem(9)
+    base = neural_collapse(h, y, w)
+    scaled = neural_collapse(7.0 * h, y, w)
+    for key in ("nc1", "cdnv"):
+        assert scaled[key] == pytest.approx(base[key], rel=1e-10), key
+    with pytest.raises(UndefinedCollapseError, match="all class means coincide"):
+        neural_collapse(np.zeros_like(h), y, w)
+
+
+def test_centred_classifier_reaches_the_simplex_with_a_common_row():
+    """W = k M + beta 1 mu_G^T: the raw rows miss -1/(C-1), the centred ones reach it; the fit recovers k, beta."""
+    c, p = 5, 9
+    m = simplex_etf(c, p)
+    mu_g = np.linalg.svd(m)[2][-1] * 3.0  # orthogonal to every centred mean, as on balanced data
+    w = 0.4 * m + 0.7 * np.outer(np.ones(c), mu_g)
+    raw = neural_collapse(m + mu_g, np.arange(c), w)
+    assert raw["nc2_maxangle_weights"] > 0.1 and raw["nc3"] > 0.1
+    centred = centred_classifier_collapse(w, m)
+    for value in centred.values():
+        assert value == pytest.approx(0, abs=1e-12)
+    fit = classifier_fit(w, m, mu_g)
+    assert fit == pytest.approx({"w_fit_k": 0.4, "w_fit_beta": 0.7, "w_fit_residual": 0.0}, abs=1e-12)
+    noisy = w + 0.01 * np.random.default_rng(0).normal(size=w.shape)
+    assert 0 < classifier_fit(noisy, m, mu_g)["w_fit_residual"] < 0.05
+
+
+def test_classifier_fit_of_a_zero_global_mean_is_undefined():
+    m = simplex_etf(3, 4)
+    with pytest.raises(UndefinedCollapseError, match="global mean"):
+        classifier_fit(m, m, np.zeros(4))

@@ -28,6 +28,15 @@ def test_no_biases_and_feature_classifier_split(model_and_input):
     assert model.features(x).shape == (7, model.feature_dim)
 
 
+def test_layer_features_are_the_l_minus_1_hidden_layers_ending_with_the_features(model_and_input):
+    model, x = model_and_input
+    layers = model.layer_features(x)
+    assert len(layers) == len(weight_matrices(model)) - 1
+    assert [h.shape for h in layers] == [(7, p) for p in model.layer_dims()]
+    assert torch.equal(layers[-1], model.features(x))
+    assert all((h >= 0).all() for h in layers)  # after ReLU (and max pooling): non-negative
+
+
 @pytest.mark.parametrize("a", [0.01, 0.5, 3.0, 1e3])
 def test_positively_homogeneous_in_the_input(model_and_input, a):
     model, x = model_and_input
