@@ -6,13 +6,27 @@ pass, per class and per batch, the within-class covariance as a sum of per-sampl
 fed in batches of 1,024, on the CPU.
 
     python benchmarks/bench_metrics.py   # N = 50,000, p = 512, C = 10; N = 10,000, p = 2,048, C = 100
+    python benchmarks/bench_metrics.py --measure   # one whole measurement (ncpaper.measure.measure) of a network
+    python benchmarks/bench_metrics.py --against fb215c8 [--measure]   # also time ncpaper at that commit
+
+``--measure`` times :func:`ncpaper.measure.measure` (every column of a metrics.csv row, training and test
+set) on freshly initialised networks of the profiles' sizes and random balanced inputs. ``--against``
+extracts ``ncpaper/`` at a commit (``git archive``) and times it beside today's, alternating the two in
+every repeat so that both see the same load.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -66,28 +80,106 @@ def batched(h, y, size, limit=None):
     return lambda: ((h[i:min(i + size, end)], y[i:min(i + size, end)]) for i in range(0, end, size))
 
 
-def bench_case(n, dim, c, batch, repeats):
+def ncpaper_at(commit: str):
+    """The ``ncpaper`` package as it was at ``commit``, imported as ``ncpaper_<commit>``."""
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="ncpaper-bench-"))
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit, "ncpaper"],
+                             check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    name = f"ncpaper_{commit[:10]}"
+    (folder / "ncpaper").rename(folder / name)
+    sys.path.insert(0, str(folder))
+    return importlib.import_module(name)
+
+
+def timed_pair(first, second, repeats):
+    """Median seconds of two callables, alternated in every repeat; and their last values."""
+    times, values = ([], []), [None, None]
+    for _ in range(repeats):
+        for k, fn in enumerate((first, second)):
+            tic = time.perf_counter()
+            values[k] = fn()
+            times[k].append(time.perf_counter() - tic)
+    return statistics.median(times[0]), statistics.median(times[1]), values
+
+
+def bench_case(n, dim, c, batch, repeats, before=None):
     h, y, w = make_features(n, dim, c)
     batches = batched(h, y, batch)
     ours_s, ours = timed(lambda: neural_collapse_streaming(batches, w, c, dim), repeats)
     base_s, base = timed(lambda: baseline_nc1(batches, w, c, dim), max(1, repeats - 2))
-    state_mb = (dim * dim + c * dim + c) * 8 / 2**20  # S_W, class means, counts: independent of N
+    state_mb = (c * dim + 2 * c + dim * (c - 1)) * 8 / 2**20  # means, counts, sums of squares, span basis
     rel = abs(ours["nc1"] - base) / abs(base)
-    return (f"| {n:,} | {dim:,} | {c} | {base_s:.2f} | {ours_s:.3f} | {base_s / ours_s:.0f}x | {rel:.1e} | "
-            f"{state_mb:.1f} |")
+    line = f"| {n:,} | {dim:,} | {c} | {base_s:.2f} | "
+    if before is not None:
+        old = before.metrics.neural_collapse_streaming
+        before_s, ours_s, (old_value, _) = timed_pair(lambda: old(batches, w, c, dim),
+                                                       lambda: neural_collapse_streaming(batches, w, c, dim), repeats)
+        line += (f"{before_s:.3f} ({base_s / before_s:.0f}x) | "
+                 f"{abs(old_value['nc1'] - base) / abs(base):.1e} | ")
+    return line + f"{ours_s:.3f} | {base_s / ours_s:.0f}x | {rel:.1e} | {state_mb:.2f} |"
+
+
+MEASURE_CASES = [  # (label, input shape, hidden widths, training images, test images)
+    ("default MNIST", (1, 28, 28), [512, 512], 1_000, 1_000),
+    ("default CIFAR-10", (3, 32, 32), [512, 512, 512], 1_000, 1_000),
+    ("paper CIFAR-10", (3, 32, 32), [512, 512, 512], 50_000, 10_000),
+]
+
+
+def bench_measure(repeats, before=None):
+    from ncpaper.data import LabelledImages
+    from ncpaper.measure import measure
+    from ncpaper.models import make_model
+
+    def split(n, shape, seed):
+        g = torch.Generator().manual_seed(seed)
+        return LabelledImages(torch.randn(n, *shape, generator=g), torch.arange(n) % 10,
+                              tuple(str(c) for c in range(10)))
+
+    if before is None:
+        print("| network | training + test images | measure s | columns |")
+        print("| --- | --- | --- | --- |")
+    else:
+        print("| network | training + test images | before s | columns | now s | columns | now / before |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, shape, widths, n_train, n_test in MEASURE_CASES:
+        torch.manual_seed(0)
+        model = make_model("mlp", shape, 10, widths=widths)
+        train, test = split(n_train, shape, 1), split(n_test, shape, 2)
+        measure(model, train, test, 1e-3, 4096)  # warm-up (first linear-algebra calls, allocator)
+        now = lambda: measure(model, train, test, 1e-3, 4096)  # noqa: B023, E731
+        line = f"| {label}, MLP {'-'.join(map(str, widths))} | {n_train:,} + {n_test:,} | "
+        if before is None:
+            seconds, row = timed(now, repeats)
+            print(line + f"{seconds:.3f} | {len(row)} |")
+        else:
+            old = lambda: before.measure.measure(model, train, test, 1e-3, 4096)  # noqa: B023, E731
+            old()
+            old_s, now_s, (old_row, row) = timed_pair(old, now, repeats)
+            print(line + f"{old_s:.3f} | {len(old_row)} | {now_s:.3f} | {len(row)} | {now_s / old_s:.2f} |")
 
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--measure", action="store_true", help="time one whole measurement instead")
+    parser.add_argument("--against", metavar="COMMIT", help="also time ncpaper as it was at this git commit")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--large-n", type=int, default=10_000, help="N for C = 100, p = 2,048 (the baseline is slow)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| N | p | C | baseline s | ncpaper s | speed-up | NC1 relative difference | ncpaper state MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    before = ncpaper_at(args.against) if args.against else None
+    if args.measure:
+        bench_measure(args.repeats, before)
+        return
+    then = f"{args.against} s (speed-up) | {args.against} NC1 rel. diff. | " if before else ""
+    print(f"| N | p | C | baseline s | {then}ncpaper s | speed-up | NC1 relative difference | ncpaper state MB |")
+    print("| --- | --- | --- | --- |" + " --- |" * (6 if before else 4))
     for n, dim, c in [(50_000, 512, 10), (args.large_n, 2048, 100)]:
-        print(bench_case(n, dim, c, args.batch, args.repeats))
+        print(bench_case(n, dim, c, args.batch, args.repeats, before))
 
 
 if __name__ == "__main__":
