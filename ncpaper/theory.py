@@ -1,151 +1,267 @@
-"""The paper's Lemma 1, Lemma 2 and Theorem, derived with sympy, and their numeric predictions.
+"""The paper's Lemma 1, Lemma 2 and Theorem, derived with sympy in the slides' notation, and their checks.
 
-The loss is written with a normalisation ``kappa``:
+Notation (the slides'): examples x_{n(c)}, n = 1..N, c = 1..C, so N counts examples PER CLASS and NC
+in all; mu_c is the mean of class c's last-layer features, mu_G = 1/(NC) sum_{n,c} h_{n(c)}, M the C x p
+matrix of rows mu_c - mu_G, and
 
-    L = 1/(2 N kappa) sum_i ||y_i - f(x_i)||^2 + lambda/2 sum_k ||W_k||_F^2,
+    L = 1/(2NC) sum_{n,c} ||y_{n(c)} - f(x_{n(c)})||^2 + lambda/2 sum_k ||W_k||_F^2,
 
-``kappa = C`` is the slides' loss as printed (and what :mod:`ncpaper.train` optimises);
-``kappa = 1`` is the per-sample sum of squares. Deriving with ``kappa`` kept symbolic shows which
-normalisation each of the slides' closed forms belongs to.
+whose data term is half the mean over examples of ||y - f||^2. With this reading the slides' printed
+closed forms hold as printed (derived below; :mod:`tests.test_theory` checks each).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import sympy as sp
 import torch
 
 __all__ = [
     "Lemma1",
     "Theorem",
+    "TwoParameterTheorem",
+    "collapsed_outputs",
     "derive_balance_identity",
     "derive_lemma1",
     "derive_theorem",
+    "derive_two_parameter_theorem",
     "homogeneity_residual",
+    "interpolating_collapsed_solution",
     "lemma1_floor",
     "predicted_classifier_scale",
     "predicted_row_norm_sq",
-    "quasi_interpolation_fit_term",
     "quasi_interpolation_residual_sum",
-    "theorem_check",
+    "two_parameter_critical_point",
+    "two_parameter_predictions",
 ]
 
-C, alpha, eps, lam, kappa, N = sp.symbols("C alpha epsilon lambda kappa N", positive=True)
+C, N, alpha, eps, delta, lam = sp.symbols("C N alpha epsilon delta lambda", positive=True)
+mu_c, mu_g = sp.symbols("mu_c mu_G", real=True)  # one coordinate of mu_c and mu_G (the maps are linear)
+
+
+def _per_example(on_class, off_class) -> tuple[sp.Expr, sp.Expr]:
+    """||y - f||^2 and <y - f, f> of an example with outputs ``on_class`` on its class, ``off_class`` elsewhere."""
+    squared_error = (1 - on_class) ** 2 + (C - 1) * off_class**2
+    fit = (1 - on_class) * on_class + (C - 1) * (-off_class) * off_class
+    return squared_error, fit
+
+
+def _slides_mean(per_example: sp.Expr) -> sp.Expr:
+    """1/(NC) sum_{n=1..N} sum_{c=1..C} of a quantity equal on every example: the sum has NC equal terms."""
+    n = sp.Symbol("n", integer=True, positive=True)
+    c = sp.Symbol("c", integer=True, positive=True)
+    return sp.simplify(sp.summation(sp.summation(per_example, (n, 1, N)), (c, 1, C)) / (N * C))
 
 
 @dataclass(frozen=True)
 class Lemma1:
-    per_sample_loss: sp.Expr  # loss of the collapsed solution W M = alpha C/(C-1) (I - 11^T/C)
-    slides_form: sp.Expr  # ((1 - alpha)^2 + alpha^2/(C-1))/2
+    loss: sp.Expr  # the slides' data term at the collapsed solution, as derived
+    slides_form: sp.Expr  # ((1 - alpha)^2 + alpha^2/(C-1))/2, as printed
     alpha_star: sp.Expr  # the minimising alpha
-    minimum: sp.Expr  # the loss there: > 0, so no interpolation
+    minimum: sp.Expr  # the loss there: 1/(2C) > 0, so no interpolation
 
 
 def collapsed_outputs(c: int, a) -> sp.Matrix:
-    """W M = (a C/(C-1)) (I - 11^T/C): column c holds f(x) for every x of class c."""
+    """W M^T = (a C/(C-1)) (I - 11^T/C): column c holds f(x) for every x of class c when W is proportional to M."""
     return (a * c / (c - 1)) * (sp.eye(c) - sp.ones(c, c) / c)
 
 
 def derive_lemma1() -> Lemma1:
-    """Loss of a Neural-Collapse solution with lambda = 0, for symbolic C.
+    """Loss of a Neural-Collapse solution with lambda = 0 and W proportional to the centred means.
 
-    Column c of W M is alpha C/(C-1) (e_c - 1/C): alpha on the true class, -alpha/(C-1) on the
-    C-1 others. Squared error per sample: (1-alpha)^2 + (C-1) (alpha/(C-1))^2.
+    Column c of W M^T is alpha C/(C-1) (e_c - 1/C): alpha on the true class, -alpha/(C-1) on the C-1
+    others, the same for all N examples of class c (NC1). The slides' 1/(2NC) sum_{n,c} then averages
+    NC equal terms.
     """
-    on_class, off_class = alpha, -alpha / (C - 1)
-    squared_error = (1 - on_class) ** 2 + (C - 1) * off_class**2
-    per_sample = sp.simplify(squared_error / (2 * kappa))
-    a_star = sp.solve(sp.diff(per_sample, alpha), alpha)[0]
-    return Lemma1(
-        per_sample_loss=per_sample,
-        slides_form=((1 - alpha) ** 2 + alpha**2 / (C - 1)) / 2,
-        alpha_star=sp.simplify(a_star),
-        minimum=sp.simplify(per_sample.subs(alpha, a_star)),
-    )
+    squared_error, _ = _per_example(alpha, -alpha / (C - 1))
+    loss = _slides_mean(squared_error / 2)
+    (a_star,) = sp.solve(sp.diff(loss, alpha), alpha)
+    return Lemma1(loss=loss, slides_form=((1 - alpha) ** 2 + alpha**2 / (C - 1)) / 2,
+                  alpha_star=sp.simplify(a_star), minimum=sp.simplify(loss.subs(alpha, a_star)))
 
 
-def lemma1_floor(num_classes: int, normalisation: int | None = None) -> float:
-    """The smallest loss any NC solution reaches with lambda = 0 (kappa defaults to C, our loss)."""
-    k = num_classes if normalisation is None else normalisation
-    return float(derive_lemma1().minimum.subs({C: num_classes, kappa: k}))
+def lemma1_floor(num_classes: int) -> float:
+    """The smallest loss an NC solution with W proportional to M reaches at lambda = 0: 1/(2C)."""
+    return float(derive_lemma1().minimum.subs(C, num_classes))
 
 
-def quasi_interpolation_fit_term() -> sp.Expr:
-    """(1/C) <y - f, f> for symmetric quasi-interpolation: f = 1 - eps on class, eps/(C-1) off it."""
-    on, off = 1 - eps, eps / (C - 1)
-    inner = (1 - on) * on + (C - 1) * (0 - off) * off
-    return sp.simplify(inner / C)
+def interpolating_collapsed_solution(num_classes: int, dim: int | None = None) -> dict:
+    """Why Lemma 1 needs W proportional to M: a bias-free classifier on ReLU features that interpolates.
+
+    The proof takes mu_G = 0, which ReLU features cannot have unless h = 0 (h >= 0). Features
+    h_{n(c)} = e_c (exactly collapsed, NC1; centred means e_c - 1/C form a simplex ETF, NC2) with
+    W = I = k M + beta 1 mu_G^T (k = 1, beta = 1) give f = y on every example: zero loss. Returns the
+    features (one example per class), labels, W, M, mu_G, k and beta as float64 tensors.
+    """
+    d = dim or num_classes
+    if d < num_classes:
+        raise ValueError(f"the construction needs feature dimension p >= C = {num_classes}, got {d}")
+    h = torch.zeros(num_classes, d, dtype=torch.float64)
+    h[:, :num_classes] = torch.eye(num_classes, dtype=torch.float64)
+    mu_global = h.mean(0)
+    centred = h - mu_global
+    w = centred + torch.ones(num_classes, 1, dtype=torch.float64) * mu_global  # k M + beta 1 mu_G^T, k = beta = 1
+    return {"features": h, "labels": torch.arange(num_classes), "weights": w, "centred_means": centred,
+            "global_mean": mu_global, "k": 1.0, "beta": 1.0}
+
+
+def derive_balance_identity() -> sp.Expr:
+    """Lemma 2 under symmetric quasi-interpolation: lambda ||W_l||^2 = eps - C eps^2/(C-1).
+
+    At any critical point dL/dW_l = -1/(NC) sum (y - f)^T df/dW_l + lambda W_l = 0; the inner product
+    with W_l and Euler's identity <W_l, df/dW_l> = f (f is 1-homogeneous in W_l; checked numerically by
+    :func:`homogeneity_residual`) give lambda ||W_l||^2 = 1/(NC) sum_{n,c} <y - f, f> for every l. If
+    f = y on every example the right side is 0, so every W_l = 0 and f = 0 != y: no interpolation.
+    """
+    _, fit = _per_example(1 - eps, eps / (C - 1))
+    return _slides_mean(fit)
 
 
 def quasi_interpolation_residual_sum() -> sp.Expr:
     """sum_c (y - f)_c under symmetric quasi-interpolation: eps - (C-1) eps/(C-1) = 0.
 
-    At a critical point W_L = 1/(N kappa lambda) sum_i (y_i - f_i) h_i^T, so this zero makes the rows
-    of W_L sum to zero, hence sum_c f_c(x) = 0 for every x, while symmetric quasi-interpolation has
-    sum_c f_c = (1 - eps) + eps = 1. With lambda > 0 the hypothesis can hold only approximately.
+    At a critical point W_L = 1/(NC lambda) sum (y - f) h^T, so this zero makes the rows of W_L sum to
+    zero, hence sum_c f_c(x) = 0 on every input, while the hypothesis has sum_c f_c = 1: with lambda > 0
+    exact symmetric quasi-interpolation is impossible and the theorem as stated is vacuous.
     """
     return sp.simplify(eps + (C - 1) * (-eps / (C - 1)))
 
 
-def derive_balance_identity() -> sp.Expr:
-    """Lemma 2: at a critical point, lambda ||W_l||^2 = 1/(N kappa) sum_i <y_i - f_i, f_i> for every l.
+def _readout_row(on_residual, off_residual) -> sp.Expr:
+    """One coordinate of row c of W_L = 1/(NC lambda) sum_{n,c'} (y - f)_c h^T, for class-constant residuals.
 
-    From dL/dW_l = -1/(N kappa) sum_i (y_i - f_i)^T df_i/dW_l + lambda W_l = 0, take the inner
-    product with W_l and use Euler's identity <W_l, df/dW_l> = f (f is 1-homogeneous in W_l; checked
-    numerically by :func:`homogeneity_residual`). If f_i = y_i for all i the right side is 0, so
-    every W_l = 0 and f = 0 != y: no interpolation when lambda > 0. Returned: lambda ||W_l||^2 under
-    symmetric quasi-interpolation, (C/kappa) (eps - C eps^2/(C-1)) / C.
+    The N examples of class c add on_residual mu_c each; those of the other classes off_residual
+    mu_c' each, and sum_{c' != c} mu_c' = C mu_G - mu_c.
     """
-    return sp.simplify(quasi_interpolation_fit_term() * C / kappa)
+    return (N * on_residual * mu_c + N * off_residual * (C * mu_g - mu_c)) / (N * C * lam)
+
+
+def _coefficients(row: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(k, beta) with row = k (mu_c - mu_G) + beta mu_G identically in mu_c, mu_G."""
+    k, beta = sp.symbols("k beta")
+    solution = sp.solve(sp.Poly(sp.expand(row - k * (mu_c - mu_g) - beta * mu_g), mu_c, mu_g).coeffs(), [k, beta])
+    return sp.simplify(solution[k]), sp.simplify(solution[beta])
 
 
 @dataclass(frozen=True)
 class Theorem:
-    classifier_scale: sp.Expr  # k with W_c = k (mu_c - mu_G)
-    classifier_norm_sq_total: sp.Expr  # ||W_L||_F^2
+    """The slides' theorem (symmetric quasi-interpolation, off-class output eps/(C-1))."""
+
+    classifier_scale: sp.Expr  # k with W_c = k (mu_c - mu_G) + beta mu_G
+    common_component: sp.Expr  # beta: 0, so W_c is proportional to mu_c - mu_G
+    classifier_norm_sq_total: sp.Expr  # ||W_L||_F^2 (Lemma 2 for the last layer)
     row_norm_sq: sp.Expr  # ||W_c||^2 = ||W_L||_F^2 / C under equinorm
     cosine: sp.Expr  # cos(W_c, W_c')
-    slides_scale: sp.Expr
-    slides_row_norm_sq: sp.Expr
+    slides_scale: sp.Expr  # eps / (lambda (C-1)), as printed
+    slides_row_norm_sq: sp.Expr  # (eps - C eps^2/(C-1)) / (C lambda), as printed
 
 
 def derive_theorem() -> Theorem:
-    """Closed forms at a critical point that symmetrically quasi-interpolates.
-
-    dL/dW_L = 0 gives W_L = 1/(N kappa lambda) sum_i (y_i - f_i) h_i^T. Row c: the n = N/C samples
-    of class c contribute eps mu_c each, the others -eps/(C-1) mu_c', and sum_{c' != c} mu_c' =
-    C mu_G - mu_c. (One coordinate of the vectors suffices: the map is linear.)
-    """
-    mu_c, mu_g = sp.symbols("mu_c mu_G", real=True)
-    n = N / C
-    row = (n * eps * mu_c - n * eps / (C - 1) * (C * mu_g - mu_c)) / (N * kappa * lam)
-    scale = sp.simplify(sp.factor(row) / (mu_c - mu_g))
+    """Closed forms at a critical point that symmetrically quasi-interpolates (as the slides state it)."""
+    k, beta = _coefficients(_readout_row(eps, -eps / (C - 1)))
     total = sp.simplify(derive_balance_identity() / lam)
-    (cos,) = sp.solve(1 + (C - 1) * sp.Symbol("x"), sp.Symbol("x"))  # sum_c' cos(c, c') = 0, equal angles
-    return Theorem(
-        classifier_scale=scale,
-        classifier_norm_sq_total=total,
-        row_norm_sq=sp.simplify(total / C),
-        cosine=cos,
-        slides_scale=eps / (lam * (C - 1)),
-        slides_row_norm_sq=(eps - C * eps**2 / (C - 1)) / (C * lam),
-    )
+    x = sp.Symbol("x")
+    (cos,) = sp.solve(1 + (C - 1) * x, x)  # sum_c' (mu_c' - mu_G) = 0 with equal norms and angles
+    return Theorem(classifier_scale=k, common_component=beta, classifier_norm_sq_total=total,
+                   row_norm_sq=sp.simplify(total / C), cosine=cos, slides_scale=eps / (lam * (C - 1)),
+                   slides_row_norm_sq=(eps - C * eps**2 / (C - 1)) / (C * lam))
 
 
-def _evaluate(expr: sp.Expr, eps_value: float, weight_decay: float, num_classes: int) -> float:
-    return float(expr.subs({eps: eps_value, lam: weight_decay, C: num_classes, kappa: num_classes}))
+@dataclass(frozen=True)
+class TwoParameterTheorem:
+    """A critical point whose outputs are 1 - eps on the class and delta off it, on every example."""
+
+    k: sp.Expr  # W_L = k M + beta 1 mu_G^T
+    beta: sp.Expr
+    classifier_norm_sq_total: sp.Expr  # ||W_L||_F^2 = (1/lambda) (1/NC) sum <y - f, f>
+    row_norm_sq: sp.Expr  # ||W_c||^2 (the rows are equinorm)
+    centred_cosine: sp.Expr  # cos of the centred rows W_c - mean_c' W_c' (= of mu_c - mu_G)
+    centred_mean_norm_sq: sp.Expr  # ||mu_c - mu_G||^2
+    global_mean_norm_sq: sp.Expr  # ||mu_G||^2
+    output_sum: sp.Expr  # sum_c f_c(x) on every example, by hypothesis
+    output_sum_from_readout: sp.Expr  # sum_c f_c(x) = C beta <mu_G, h(x)>, averaged over the examples
+
+
+def derive_two_parameter_theorem() -> TwoParameterTheorem:
+    """The theorem with off-class output delta free; the slides' case is delta = eps/(C-1), i.e. beta = 0.
+
+    Readout: W_L = k M + beta 1 mu_G^T with k, beta from the critical-point equation. Outputs: with
+    F = (1 - eps - delta) I + delta 11^T the C x C matrix of class outputs (column c: f on class c),
+    P = I - 11^T/C and 1^T M = 0, P F P = k M M^T gives M M^T = (1 - eps - delta)/k P (a simplex
+    Gram: equinorm, cosines -1/(C-1)), and 1^T F = C beta mu_G^T [mu_1 .. mu_C] gives
+    <mu_G, mu_c> = (1 - eps + (C-1) delta)/(C beta) for every c, so <mu_c - mu_G, mu_G> = 0, the rows
+    of W_L are equinorm, and ||mu_G||^2 is that value. It needs beta != 0: at beta = 0 it reads 0 = 1.
+    """
+    k, beta = _coefficients(_readout_row(eps, -delta))
+    _, fit = _per_example(1 - eps, delta)
+    total = sp.simplify(_slides_mean(fit) / lam)
+    gram_scale = (1 - eps - delta) / k  # M M^T = gram_scale (I - 11^T/C)
+    centred_norm = sp.simplify(gram_scale * (1 - 1 / C))
+    cosine = sp.simplify((gram_scale * (-1 / C)) / centred_norm)
+    output_sum = 1 - eps + (C - 1) * delta
+    global_norm = sp.simplify(output_sum / (C * beta))
+    row_norm = sp.simplify(k**2 * centred_norm + beta**2 * global_norm)  # cross term <mu_c - mu_G, mu_G> = 0
+    return TwoParameterTheorem(k=k, beta=beta, classifier_norm_sq_total=total, row_norm_sq=row_norm,
+                               centred_cosine=cosine, centred_mean_norm_sq=centred_norm,
+                               global_mean_norm_sq=global_norm, output_sum=output_sum,
+                               output_sum_from_readout=sp.simplify(C * beta * global_norm))
+
+
+def _numeric(expr: sp.Expr, **values) -> float:
+    symbols = {"eps": eps, "delta": delta, "lam": lam, "C": C}
+    value = expr.subs({symbols[name]: value for name, value in values.items()})
+    return float(value) if value.is_finite else math.nan  # e.g. ||mu_G||^2 at beta = 0: no such point
 
 
 def predicted_classifier_scale(eps_value: float, weight_decay: float, num_classes: int) -> float:
-    """k in W_c = k (mu_c - mu_G) for our loss (kappa = C): eps / (lambda C (C-1))."""
-    return _evaluate(derive_theorem().classifier_scale, eps_value, weight_decay, num_classes)
+    """The slides' k in W_c = k (mu_c - mu_G): eps / (lambda (C-1))."""
+    return _numeric(derive_theorem().classifier_scale, eps=eps_value, lam=weight_decay, C=num_classes)
 
 
 def predicted_row_norm_sq(eps_value: float, weight_decay: float, num_classes: int) -> float:
-    """||W_c||^2 for our loss (kappa = C): (eps - C eps^2/(C-1)) / (C^2 lambda)."""
-    return _evaluate(derive_theorem().row_norm_sq, eps_value, weight_decay, num_classes)
+    """The slides' ||W_c||^2: (eps - C eps^2/(C-1)) / (C lambda)."""
+    return _numeric(derive_theorem().row_norm_sq, eps=eps_value, lam=weight_decay, C=num_classes)
+
+
+def two_parameter_predictions(eps_value: float, delta_value: float, weight_decay: float, num_classes: int) -> dict:
+    """The two-parameter theorem's closed forms at measured eps and delta, as plain floats."""
+    thm = derive_two_parameter_theorem()
+    values = {"eps": eps_value, "delta": delta_value, "lam": weight_decay, "C": num_classes}
+    return {name: _numeric(getattr(thm, name), **values)
+            for name in ("k", "beta", "classifier_norm_sq_total", "row_norm_sq", "centred_cosine",
+                         "centred_mean_norm_sq", "global_mean_norm_sq", "output_sum")}
+
+
+def two_parameter_critical_point(eps_value: float, delta_value: float, weight_decay: float, num_classes: int,
+                                 n_per_class: int = 3, dim: int | None = None, seed: int = 0) -> dict:
+    """A constructed last-layer critical point with outputs 1 - eps / delta, from the closed forms alone.
+
+    Exactly collapsed features h_{n(c)} = mu_G + m_c, with m_c a simplex ETF of squared norm
+    ``centred_mean_norm_sq`` in a random subspace and mu_G of squared norm ``global_mean_norm_sq``
+    orthogonal to it, and W_L = k M + beta 1 mu_G^T. Returns float64 tensors (features, labels, weights)
+    for checking the outputs and the identity lambda W_L = 1/(NC) sum (y - f) h^T numerically.
+    """
+    p = dim or num_classes + 2
+    if p < num_classes + 1:
+        raise ValueError(f"the construction needs feature dimension p >= C + 1 = {num_classes + 1}, got {p}")
+    pred = two_parameter_predictions(eps_value, delta_value, weight_decay, num_classes)
+    if not (pred["centred_mean_norm_sq"] > 0 and pred["global_mean_norm_sq"] > 0):  # NaN at beta = 0
+        raise ValueError("no such critical point: need 1 - eps - delta > 0 and beta (eps - (C-1) delta) of the "
+                         "sign of 1 - eps + (C-1) delta")
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(p, num_classes + 1)))  # C + 1 orthonormal columns
+    etf = (np.eye(num_classes) - 1 / num_classes) @ basis[:, :num_classes].T  # rows sum to 0
+    etf *= np.sqrt(pred["centred_mean_norm_sq"]) / np.linalg.norm(etf[0])
+    mu_global = basis[:, num_classes] * np.sqrt(pred["global_mean_norm_sq"])  # orthogonal to the ETF's span
+    labels = np.repeat(np.arange(num_classes), n_per_class)
+    features = mu_global + etf[labels]
+    weights = pred["k"] * etf + pred["beta"] * np.outer(np.ones(num_classes), mu_global)
+    as_t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    return {"features": as_t(features), "labels": torch.as_tensor(labels), "weights": as_t(weights), **pred}
 
 
 def homogeneity_residual(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -161,25 +277,3 @@ def homogeneity_residual(model: torch.nn.Module, x: torch.Tensor) -> float:
     grads = torch.autograd.grad(value, params)
     residuals = [abs(((p * g).sum() - value).item()) for p, g in zip(params, grads, strict=True)]
     return max(residuals) / abs(value.item())
-
-
-def theorem_check(last: dict, weight_decay: float, num_classes: int) -> dict:
-    """The theorem's closed forms at the measured eps, against the measured end-of-training values.
-
-    ``last`` is a results-table row (``eps``, ``w_row_norm_sq``, ``w_means_scale``, ``w_mean_cosine``,
-    ``fit_term``, ``layer_norm_sq_*``).
-    """
-    e = float(last["eps"])
-    layers = sorted(k for k in last if str(k).startswith("layer_norm_sq_"))
-    return {
-        "eps": e,
-        "row_norm_sq_predicted": predicted_row_norm_sq(e, weight_decay, num_classes),
-        "row_norm_sq_measured": float(last["w_row_norm_sq"]),
-        "scale_predicted": predicted_classifier_scale(e, weight_decay, num_classes),
-        "scale_measured": float(last["w_means_scale"]),
-        "cosine_predicted": -1.0 / (num_classes - 1),
-        "cosine_measured": float(last["w_mean_cosine"]),
-        "fit_term": float(last["fit_term"]),
-        "symmetric_fit_term": float(quasi_interpolation_fit_term().subs({eps: e, C: num_classes})),
-        **{f"lambda_{k}": weight_decay * float(last[k]) for k in layers},
-    }

@@ -22,6 +22,7 @@ import torch
 from . import data as data_module
 from .measure import TrainingDivergedError, measure, square_loss
 from .models import MODELS, make_model
+from .settle import readout_decomposition, settle, stationarity
 
 __all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "mse_equivalent",
            "slides_from_mse", "square_loss"]
@@ -54,6 +55,9 @@ class RunConfig:
     # "bfloat16": the forward pass under torch.autocast (AMX on recent Xeons); weights, optimiser
     # state and every measurement stay in float32/float64.
     precision: str = "float32"
+    # Weight-decay runs only: after training, move the network to a critical point of the same
+    # objective (ncpaper.settle) and record it as an extra row with phase "settled".
+    settle: bool = True
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
@@ -100,6 +104,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
                 problems.append(f"{name} must be a positive integer or null (whole split), got {value!r}")
+        if not isinstance(self.settle, bool):
+            problems.append(f"settle must be true or false, got {self.settle!r}")
         if self.precision not in ("float32", "bfloat16"):
             problems.append(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
@@ -246,7 +252,7 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
             except TrainingDivergedError as err:  # NaN or infinite features
                 raise _diverged(config, epoch, str(err)) from None
             measure_seconds += time.perf_counter() - tic
-            rows.append({"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **row})
+            rows.append({"epoch": epoch, "phase": "train", "lr": optimizer.param_groups[0]["lr"], **row})
             if progress:
                 epochs.set_postfix(loss=f"{row['train_loss']:.2e}", nc1=f"{row['nc1']:.2e}")
         if on_checkpoint and checkpoint_every and (epoch % checkpoint_every == 0) and epoch < config.epochs:
@@ -255,4 +261,21 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
                                         measure_seconds))
     timings = {"train_seconds": train_seconds, "measure_seconds": measure_seconds,
                "images_per_second": n * config.epochs / max(train_seconds, 1e-9)}
+    if config.settle and config.weight_decay > 0 and rows and rows[-1]["phase"] == "train":
+        rows.append(settled_row(model, train, test, config))
+        timings["settle_seconds"] = rows[-1]["settle_seconds"]
     return rows, model, timings
+
+
+def settled_row(model: torch.nn.Module, train, test, config: RunConfig) -> dict:
+    """The measurement row of ``model`` settled onto a critical point (:mod:`ncpaper.settle`), phase "settled"."""
+    device = next(model.parameters()).device
+    result = settle(model, train.x.to(device), train.y.to(device), config.weight_decay)
+    try:
+        row = measure(result.model, train, test, config.weight_decay)
+    except TrainingDivergedError as err:
+        raise _diverged(config, config.epochs, f"after settling: {err}") from None
+    gradients = stationarity(result.model, train, config.weight_decay)
+    return {"epoch": config.epochs, "phase": "settled", "lr": math.nan, **row, **result.summary(),
+            **readout_decomposition(result.model, train.x, train.y),
+            **{f"settle_gradient_{k}": g for k, g in enumerate(gradients, start=1)}}

@@ -2,22 +2,64 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
 from ncpaper import data
 from ncpaper.metrics import neural_collapse
-from ncpaper.train import RunConfig, TrainingDivergedError, fit, measure, measurement_epochs, square_loss
+from ncpaper.train import (
+    RunConfig,
+    TrainingDivergedError,
+    batch_loss,
+    fit,
+    measure,
+    measurement_epochs,
+    mse_equivalent,
+    slides_from_mse,
+    square_loss,
+)
 
 TINY = {"dataset": "mnist", "sizes": {"widths": [16, 16]}, "n_per_class": 4, "n_test_per_class": 2,
-        "epochs": 12, "lr": 0.1, "batch_size": 16, "n_measurements": 4}
+        "epochs": 12, "lr": 0.01, "batch_size": 16, "n_measurements": 4}
 
 
-def test_square_loss_is_the_papers_data_term():
-    out = torch.tensor([[0.5, 0.2, -0.1], [0.0, 1.5, 0.3]])
-    y = torch.tensor([0, 1])
-    expected = ((0.5**2 + 0.2**2 + 0.1**2) + (0.0 + 0.5**2 + 0.3**2)) / (2 * 2 * 3)
+def test_square_loss_is_the_slides_data_term():
+    """1/(2NC) sum_{n,c} ||y - f||^2 with N examples per class: half the mean over the examples."""
+    out = torch.tensor([[0.5, 0.2, -0.1], [0.0, 1.5, 0.3], [0.1, 0.1, 0.7]])
+    y = torch.tensor([0, 1, 2])  # N = 1 example per class, C = 3
+    expected = ((0.5**2 + 0.2**2 + 0.1**2) + (0.0 + 0.5**2 + 0.3**2) + (0.1**2 + 0.1**2 + 0.3**2)) / (2 * 1 * 3)
     assert square_loss(out, y).item() == pytest.approx(expected)
+    assert batch_loss(out, torch.nn.functional.one_hot(y, 3).float()).item() == pytest.approx(expected)
+    # nn.MSELoss averages over the N C x C entries: (2/C) x the slides' term
+    mse = torch.nn.functional.mse_loss(out, torch.nn.functional.one_hot(y, 3).float())
+    assert mse.item() == pytest.approx(2 / 3 * expected)
+
+
+@pytest.mark.parametrize(("lr", "weight_decay"), [(0.01, 5e-3), (0.3, 0.0), (1e-4, 2.5e-3)])
+def test_slides_units_and_mse_units_give_the_same_sgd_steps(lr, weight_decay):
+    """eta (grad D + lambda W) == lr' (grad MSE + wd' W) with lr' = C eta / 2, wd' = 2 lambda / C."""
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5), torch.arange(12) % 4
+    ours, theirs = torch.nn.Linear(5, 4, bias=False), torch.nn.Linear(5, 4, bias=False)
+    theirs.load_state_dict(ours.state_dict())
+    mse = mse_equivalent(lr, weight_decay, num_classes=4)
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), momentum=0.9, **mse)
+    for _ in range(3):
+        for model, opt, loss in ((ours, opt_ours, lambda f: square_loss(f, y)),
+                                 (theirs, opt_theirs, lambda f: torch.nn.functional.mse_loss(
+                                     f, torch.nn.functional.one_hot(y, 4).float()))):
+            opt.zero_grad()
+            loss(model(x)).backward()
+            opt.step()
+    assert torch.allclose(ours.weight, theirs.weight, rtol=1e-5, atol=1e-7)
+    assert slides_from_mse(**mse, num_classes=4) == pytest.approx({"lr": lr, "weight_decay": weight_decay})
+
+
+def test_the_groups_public_setting_in_the_slides_units():
+    """nn.MSELoss with lr 0.067 and weight decay 5e-4 on C = 10 classes is lambda = 2.5e-3."""
+    assert slides_from_mse(0.067, 5e-4, 10) == pytest.approx({"lr": 0.0134, "weight_decay": 2.5e-3})
 
 
 def test_measurement_epochs_are_log_spaced_and_end_at_the_last():
@@ -41,17 +83,19 @@ def test_measure_agrees_with_the_metrics_on_the_features():
     norms = sum(v for k, v in row.items() if k.startswith("layer_norm_sq_"))
     assert row["train_objective"] == pytest.approx(row["train_loss"] + 1e-2 / 2 * norms)
     onehot = torch.nn.functional.one_hot(train.y, 10).double()
-    assert row["fit_term"] == pytest.approx(((onehot - f) * f).sum().item() / (60 * 10))
+    assert row["fit_term"] == pytest.approx(((onehot - f) * f).sum().item() / 60)  # (1/NC) sum over NC = 60
     assert row["eps"] == pytest.approx(1 - (f * onehot).sum().item() / 60)
 
 
 def test_same_seed_same_numbers_and_other_seed_differs():
-    a, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}))
-    b, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}))
-    c, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3, "seed": 1}))
-    assert a == b
+    a, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-2}))
+    b, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-2}))
+    c, _, _ = fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-2, "seed": 1}))
+    timing = [k for k in a[-1] if k == "settle_seconds"]
+    assert pd.DataFrame(a).drop(columns=timing).equals(pd.DataFrame(b).drop(columns=timing))  # NaN-aware
     assert a[-1]["nc1"] != c[-1]["nc1"]
-    assert [r["epoch"] for r in a] == measurement_epochs(12, 4)
+    assert [r["epoch"] for r in a if r["phase"] == "train"] == measurement_epochs(12, 4)
+    assert [r["phase"] for r in a][-2:] == ["train", "settled"]  # the settled point, beside the last epoch
 
 
 @pytest.mark.parametrize(
@@ -89,13 +133,13 @@ def corrupted_mnist():
 
 
 def test_divergence_stops_with_the_epoch_and_the_config():
-    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 .*mnist/mlp lambda=0.001"):
-        fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-3}), train=corrupted_mnist())
+    with pytest.raises(TrainingDivergedError, match=r"diverged at epoch 1 .*mnist/mlp lambda=0.01"):
+        fit(RunConfig.from_dict({**TINY, "weight_decay": 1e-2}), train=corrupted_mnist())
 
 
 def test_a_network_killed_by_the_step_size_is_recorded_as_undefined_not_as_numbers():
     """Too large a step kills every ReLU (f = 0): NC is undefined, and the row says so."""
-    rows, _, _ = fit(RunConfig.from_dict({**TINY, "lr": 5.0}))
+    rows, _, _ = fit(RunConfig.from_dict({**TINY, "lr": 0.5}))
     last = rows[-1]
     assert last["nc_defined"] is False and math.isnan(last["nc1"]) and math.isnan(last["nc3"])
     assert last["train_error"] == pytest.approx(0.9) and last["eps"] == pytest.approx(1.0)
