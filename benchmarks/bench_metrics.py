@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import io
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,16 +82,23 @@ def batched(h, y, size, limit=None):
 
 
 def ncpaper_at(commit: str):
-    """The ``ncpaper`` package as it was at ``commit``, imported as ``ncpaper_<commit>``."""
-    root = Path(__file__).resolve().parents[1]
+    """The ``ncpaper`` package as it was at ``commit`` (or as copied into the folder ``commit``/ncpaper),
+    imported as ``ncpaper_<name>``."""
     folder = Path(tempfile.mkdtemp(prefix="ncpaper-bench-"))
-    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit, "ncpaper"],
-                             check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(folder, filter="data")
+    if (Path(commit) / "ncpaper").is_dir():  # an extracted copy, for a machine without the git history
+        shutil.copytree(Path(commit) / "ncpaper", folder / "ncpaper")
+        commit = Path(commit).name
+    else:
+        root = Path(__file__).resolve().parents[1]
+        archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", commit, "ncpaper"],
+                                 check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(folder, filter="data")
     name = f"ncpaper_{commit[:10]}"
     (folder / "ncpaper").rename(folder / name)
     sys.path.insert(0, str(folder))
+    for module in ("metrics", "measure"):
+        importlib.import_module(f"{name}.{module}")
     return importlib.import_module(name)
 
 
