@@ -25,6 +25,7 @@ __all__ = [
     "Theorem",
     "TwoParameterTheorem",
     "collapsed_outputs",
+    "critical_point_check",
     "derive_balance_identity",
     "derive_lemma1",
     "derive_theorem",
@@ -277,3 +278,34 @@ def homogeneity_residual(model: torch.nn.Module, x: torch.Tensor) -> float:
     grads = torch.autograd.grad(value, params)
     residuals = [abs(((p * g).sum() - value).item()) for p, g in zip(params, grads, strict=True)]
     return max(residuals) / abs(value.item())
+
+
+def critical_point_check(row, weight_decay: float, num_classes: int) -> dict:
+    """The theorem's predictions at a measured (settled) row, beside the measured values, as plain floats.
+
+    ``row`` is a results-table row (mapping) measured at a critical point: it has ``eps``, ``off_class_mean``
+    (delta), ``fit_term``, ``on_class_var``, ``off_class_var``, ``w_row_norm_sq``, ``w_fit_k``, ``w_fit_beta``,
+    ``global_mean_norm_sq``, ``balance_*`` and ``critical_residual``. Keys: ``measured_*``, ``*_two_parameter``
+    (closed forms at the measured eps and delta), ``*_slides`` (the slides' forms at the measured eps).
+    """
+    e, dl, c = float(row["eps"]), float(row["off_class_mean"]), num_classes
+    two = two_parameter_predictions(e, dl, weight_decay, c)
+    spread = float(row["on_class_var"]) + (c - 1) * float(row["off_class_var"])
+    balances = [float(v) for k, v in sorted(row.items()) if str(k).startswith("balance_")]
+    return {
+        "eps": e, "delta": dl, "delta_slides": e / (c - 1),
+        "max_balance_error": max(abs(b - 1) for b in balances) if balances else math.nan,
+        "critical_residual": float(row["critical_residual"]),
+        "k_measured": float(row["w_fit_k"]), "k_two_parameter": two["k"],
+        "k_slides": predicted_classifier_scale(e, weight_decay, c),
+        "beta_measured": float(row["w_fit_beta"]), "beta_two_parameter": two["beta"],
+        "row_norm_sq_measured": float(row["w_row_norm_sq"]), "row_norm_sq_two_parameter": two["row_norm_sq"],
+        "row_norm_sq_slides": predicted_row_norm_sq(e, weight_decay, c),
+        # Lemma 2 for W_L with the outputs' spread: exact at a critical point
+        "row_norm_sq_with_spread": two["row_norm_sq"] - spread / (c * weight_decay),
+        "output_spread": spread,
+        "global_mean_norm_sq_measured": float(row["global_mean_norm_sq"]),
+        "global_mean_norm_sq_two_parameter": two["global_mean_norm_sq"],
+        "output_sum_measured": float(row["output_sum_mean"]), "output_sum_two_parameter": two["output_sum"],
+        "centred_cosine": two["centred_cosine"],
+    }
