@@ -1,4 +1,4 @@
-"""``ncpaper train`` (one run), ``sweep`` (a profile's runs, or a weight-decay grid), ``publish``, ``book``."""
+"""ncpaper train (one run), sweep (a profile's runs, or a weight-decay grid), publish, book."""
 
 from __future__ import annotations
 
@@ -6,11 +6,40 @@ import argparse
 import os
 import sys
 
-from .data import DataNotFoundError
+from . import __version__
+from .data import DATASETS, DataNotFoundError
+from .models import MODELS
 from .profiles import all_configs, figure_configs, load_profile, profile_names
 from .results import results_dir
-from .sweep import run_sweep
+from .sweep import SweepError, run_sweep
 from .train import RunConfig, TrainingDivergedError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, ``ncpaper: error: ...`` (exit 2), and defaults in the help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"ncpaper: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _figure_names() -> list[str]:
+    return sorted({name for p in profile_names() for name in load_profile(p).get("figures", {})})
+
+
+def _locations(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--results and --data, before or after the subcommand (after it, they win)."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--results", default=default, help="results folder (unset: $NCPAPER_RESULTS or ./results)")
+    parser.add_argument("--data", default=default, help="data root (unset: $NCPAPER_DATA or ./data)")
+
+
+def _threads(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--threads", type=int, help="torch threads per run; part of each run's cache key (1 and 2 "
+                        f"threads give different last bits). Unset: {default_help}")
 
 
 def _sizes(args) -> dict:
@@ -21,19 +50,20 @@ def _sizes(args) -> dict:
 
 def _run_settings(parser: argparse.ArgumentParser) -> None:
     d = RunConfig()
-    parser.add_argument("--dataset", default=d.dataset, help="mnist or cifar10")
-    parser.add_argument("--model", default=d.model, help="mlp or convnet")
+    parser.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="training and test data")
+    parser.add_argument("--model", default=d.model, choices=sorted(MODELS), help="bias-free network")
     parser.add_argument("--widths", type=int, nargs="+", default=[512, 512, 512], help="MLP hidden widths")
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="ConvNet channels")
     parser.add_argument("--fc-width", type=int, default=256, help="ConvNet feature width")
     parser.add_argument("--n-per-class", type=int, default=d.n_per_class, help="training images per class")
-    parser.add_argument("--n-test-per-class", type=int, default=d.n_test_per_class)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--momentum", type=float, default=d.momentum)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--n-measurements", type=int, default=d.n_measurements)
-    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--n-test-per-class", type=int, default=d.n_test_per_class, help="test images per class")
+    parser.add_argument("--lr", type=float, default=d.lr, help="the slides' learning rate eta")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    parser.add_argument("--n-measurements", type=int, default=d.n_measurements,
+                        help="about this many log-spaced epochs are measured")
+    parser.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N, mps")
     parser.add_argument("--precision", default=d.precision, choices=["float32", "bfloat16"],
                         help="bfloat16: forward pass under autocast (weights and measurements stay float32+)")
 
@@ -48,32 +78,39 @@ def _config(args, weight_decay: float, seed: int) -> RunConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ncpaper", description=__doc__)
-    parser.add_argument("--results", help="results folder (default: $NCPAPER_RESULTS or ./results)")
-    parser.add_argument("--data", help="data root (default: $NCPAPER_DATA or ./data)")
+    parser = _Parser(prog="ncpaper", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ncpaper {__version__}")
+    _locations(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (or read from the cache) one run")
+    _locations(train)
     _run_settings(train)
-    train.add_argument("--weight-decay", type=float, default=0.0, help="the paper's lambda")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--weight-decay", type=float, default=0.0, help="the slides' lambda")
+    train.add_argument("--seed", type=int, default=0, help="initialisation, subset and batch order")
+    _threads(train, "torch's default (the usable cores, or OMP_NUM_THREADS)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser("sweep", help="run a profile's figures, or a weight-decay x seed grid")
+    _locations(sweep)
     sweep.add_argument("--profile", choices=profile_names(), help="run every run of this profile")
-    sweep.add_argument("--figure", help="with --profile: only this figure (cifar10 or mnist)")
+    sweep.add_argument("--figure", choices=_figure_names(), help="with --profile: only this figure")
     _run_settings(sweep)
-    sweep.add_argument("--weight-decays", type=float, nargs="*", default=[0.0, 1e-3, 5e-3])
-    sweep.add_argument("--seeds", type=int, nargs="*", default=[0])
+    sweep.add_argument("--weight-decays", type=float, nargs="*", default=[0.0, 1e-3, 5e-3],
+                       help="the slides' lambdas")
+    sweep.add_argument("--seeds", type=int, nargs="*", default=[0], help="one run per seed and lambda")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
+    _threads(sweep, "torch's default with one worker, the cores divided among --workers, 1 on a --scheduler")
 
     publish = commands.add_parser("publish", help="copy a profile's finished runs (tables, metadata) into published/")
-    publish.add_argument("--profile", choices=profile_names(), default="paper")
-    publish.add_argument("--figure", help="only this figure (cifar10 or mnist)")
-    publish.add_argument("--to", help="published folder (default: the repository's published/)")
+    _locations(publish)
+    publish.add_argument("--profile", choices=profile_names(), default="paper", help="whose runs to publish")
+    publish.add_argument("--figure", choices=_figure_names(), help="only this figure")
+    publish.add_argument("--to", help="published folder (unset: the repository's published/)")
 
     book = commands.add_parser("book", help="run the notebooks on a profile and render the site (_build/html)")
+    _locations(book)
     book.add_argument("--profile", choices=[p for p in profile_names() if "phase" in load_profile(p)],
                       default="default", help="the profile of the pages that are retrained (the full-scale "
                       "pages always read published/paper/)")
@@ -116,7 +153,7 @@ def _publish(args) -> int:
     try:
         configs = _profile_configs(args.profile, args.figure)
         folders = publish(find_finished(configs, args.results), args.profile, args.to)
-    except (ValueError, MissingResultError) as err:
+    except (ValueError, OSError, MissingResultError) as err:
         print(f"ncpaper: error: {err}", file=sys.stderr)
         return 2
     print(f"published {len(folders)} run(s):")
@@ -134,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             configs = [_config(args, args.weight_decay, args.seed)]
-            workers, scheduler = 1, None
+            workers, scheduler = 1, None  # threads: unset is this process's torch setting
         else:
             if args.profile:
                 device = None if args.device == RunConfig().device else args.device  # else the profile's
@@ -143,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
             workers, scheduler = args.workers, args.scheduler
         runs = run_sweep(configs, workers=workers, scheduler=scheduler, results=args.results,
-                         data_root=args.data, progress=not getattr(args, "quiet", False))
-    except (ValueError, DataNotFoundError, TrainingDivergedError, ConnectionError) as err:
+                         data_root=args.data, progress=not getattr(args, "quiet", False), threads=args.threads)
+    except (ValueError, DataNotFoundError, TrainingDivergedError, ConnectionError, SweepError) as err:
         print(f"ncpaper: error: {err}", file=sys.stderr)
         return 2
     print(f"results in {results_dir(args.results).resolve()}:")

@@ -11,22 +11,29 @@ The data root is, in order: the ``root`` argument, the ``NCPAPER_DATA`` environm
 
 A balanced subset takes ``n_per_class`` images of every class, chosen by ``seed``; the whole
 subset is held as one float32 tensor so training does no per-sample Python work.
+
+A damaged file (a truncated IDX file or tarball, labels out of range) raises
+:class:`DataCorruptError` naming the file; an unpack killed midway leaves nothing behind for good
+(its ``.tmp<pid>`` folder is removed on the next start).
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import os
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["DATASETS", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root", "load"]
+__all__ = ["DATASETS", "DataCorruptError", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root",
+           "load"]
 
 # Per-channel normalisation constants of the official training sets.
 _NORMALISATION = {
@@ -40,6 +47,10 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset is neither on disk nor downloadable."""
+
+
+class DataCorruptError(ValueError):
+    """A dataset file is truncated or damaged."""
 
 
 @dataclass
@@ -124,27 +135,76 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
         except Exception as err:
             raise _missing("MNIST", root, files, err) from None
         source = "MNIST downloaded by torchvision"
-    ds = MNIST(str(root), train=train, download=False)
-    images = ds.data.numpy()[:, None, :, :]
+    images, labels = _read_idx(files[0], 3), _read_idx(files[1], 1)
+    if len(images) != len(labels):
+        raise _damaged(files[1], f"{len(labels)} labels for the {len(images)} images of {files[0].name}")
+    if len(labels) and (bad := int(labels.max())) > 9:
+        raise _damaged(files[1], f"label {bad} at position {int(labels.argmax())}; MNIST labels are 0-9")
     provenance = {"source": source, "location": str(raw.resolve()),
                   "files": {f.name: sha256_file(f) for f in files}}
-    return images, ds.targets.numpy(), tuple(str(i) for i in range(10)), provenance
+    return images[:, None, :, :], labels, tuple(str(i) for i in range(10)), provenance
+
+
+def _damaged(path: Path, why: str) -> DataCorruptError:
+    return DataCorruptError(f"{path} is damaged ({why}): restore it from the original files, or delete it so "
+                            "that it is downloaded again")
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file of unsigned bytes: magic 00 00 08 <ndim>, ndim big-endian uint32 sizes, the bytes."""
+    raw = path.read_bytes()
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise _damaged(path, f"{len(raw)} bytes, shorter than its {header}-byte header")
+    if raw[:4] != bytes([0, 0, 8, ndim]):
+        raise _damaged(path, f"it does not start like an IDX file of bytes with {ndim} dimension(s)")
+    dims = [int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise _damaged(path, f"{len(raw):,} bytes where its header {dims} promises {expected:,}; truncated?")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_unpacks(cache: Path) -> None:
+    """``cifar10-jpeg-<hash>.tmp<pid>`` folders of unpacks whose process is gone."""
+    for tmp in cache.glob("cifar10-jpeg-*.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unpack_jpeg_tarball(tarball: Path) -> Path:
     """Unpack the CIFAR-10 JPEG tarball once into the cache; return the ``cifar10-jpeg`` folder."""
     target = cache_dir() / f"cifar10-jpeg-{sha256_file(tarball)[:12]}"
     if not (target / "train").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_unpacks(target.parent)
         tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-        with tarfile.open(tarball) as tar:
-            tar.extractall(tmp, filter="data")
-        inner = next(tmp.rglob("train")).parent
         try:
-            inner.rename(target)  # atomic: a reader sees a complete folder or none
-        except OSError:
-            if not (target / "train").exists():
-                raise
-        shutil.rmtree(tmp, ignore_errors=True)
+            with tarfile.open(tarball) as tar:
+                tar.extractall(tmp, filter="data")
+            inner = next((p.parent for p in tmp.rglob("train") if (p.parent / "test").is_dir()), None)
+            if inner is None:
+                raise DataCorruptError(f"{tarball} holds no train/ and test/ class folders: restore it")
+            try:
+                inner.rename(target)  # atomic: a reader sees a complete folder or none
+            except OSError:
+                if not (target / "train").exists():
+                    raise
+        except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as err:
+            raise _damaged(tarball, f"{type(err).__name__}: {str(err)[:80] or 'truncated'}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -8,6 +8,10 @@ configuration alone, so reading them needs neither the datasets nor the result c
 
     ncpaper sweep --profile paper      # trains, checkpoints, resumes (results/, not committed)
     ncpaper publish --profile paper    # copies the finished runs' tables and metadata here
+
+Every published file, ``meta.json`` included, is listed with its sha256 in
+``published/<profile>/SHA256SUMS`` (``sha256sum -c SHA256SUMS`` checks it too); a file that fails
+is named, with the ``git checkout`` that restores it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,24 @@ import os
 import shutil
 from pathlib import Path
 
+from .data import sha256_of
 from .results import Run, load_run, results_dir
 from .train import RunConfig
 
-__all__ = ["MissingResultError", "find_finished", "load_published", "publish", "published_dir"]
+__all__ = ["MANIFEST", "MissingResultError", "TamperedResultError", "find_finished", "load_published", "publish",
+           "published_dir", "verify_published", "write_manifest"]
 
 PUBLISHED_FILES = ("metrics.csv",)
+MANIFEST = "SHA256SUMS"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 class MissingResultError(LookupError):
     """No finished (or published) run has the configuration asked for."""
+
+
+class TamperedResultError(ValueError):
+    """A published file differs from the sha256 recorded for it when it was published."""
 
 
 def published_dir(root: str | os.PathLike | None = None) -> Path:
@@ -37,6 +49,47 @@ def published_dir(root: str | os.PathLike | None = None) -> Path:
 
 def _config_id(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as ``git checkout`` takes it)."""
+    try:
+        return str(path.resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)
+
+
+def write_manifest(folder: Path) -> Path:
+    """``folder/SHA256SUMS``: the sha256 of every file of every published run, ``sha256sum`` format."""
+    files = sorted(f for f in folder.glob("*/*") if f.is_file() and not f.parent.name.startswith("."))
+    text = "".join(f"{sha256_of(f)}  {f.relative_to(folder).as_posix()}\n" for f in files)
+    tmp = folder / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, folder / MANIFEST)
+    return folder / MANIFEST
+
+
+def verify_published(folder: Path, profile: str) -> None:
+    """Check every file of ``folder``'s runs against ``SHA256SUMS``; raise naming the first that fails."""
+    manifest = folder / MANIFEST
+    republish = f"or republish with `ncpaper publish --profile {profile}`"
+    try:
+        lines = manifest.read_text().splitlines()
+        listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines if line.strip())}
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise TamperedResultError(f"{_shown(manifest)} is missing or unreadable: restore it with `git checkout -- "
+                                  f"{_shown(manifest)}`, {republish}") from None
+    present = {f.relative_to(folder).as_posix() for f in folder.glob("*/*")
+               if f.is_file() and not f.parent.name.startswith(".")}
+    if unlisted := sorted(present - set(listed)):
+        raise TamperedResultError(f"{_shown(folder / unlisted[0])} is not listed in {_shown(manifest)}: remove it, "
+                                  f"{republish}")
+    for name, digest in sorted(listed.items()):
+        path = folder / name
+        if name not in present or sha256_of(path) != digest:
+            what = "is missing" if name not in present else f"does not match its sha256 in {_shown(manifest)}"
+            raise TamperedResultError(f"published file {_shown(path)} {what} (edited or damaged): restore it with "
+                                      f"`git checkout -- {_shown(path)}`, {republish}")
 
 
 def _runs_by_config(folder: Path, wanted: set[str]) -> dict[str, list[Run]]:
@@ -75,8 +128,12 @@ def find_finished(configs: list[RunConfig], results: str | os.PathLike | None = 
 def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None) -> list[Path]:
     """Copy each run's ``metrics.csv`` and metadata into ``published/<profile>/<key>/``; return the folders."""
     folders = []
+    folder = published_dir(root) / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp*"):  # staging folders of killed publishes
+        shutil.rmtree(stale, ignore_errors=True)
     for run in runs:
-        target = published_dir(root) / profile / run.meta["key"]
+        target = folder / run.meta["key"]
         staging = target.with_name(f".{target.name}.tmp{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -84,16 +141,20 @@ def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None
             shutil.copy2(run.path / name, staging / name)
         meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES}}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        if load_run(staging) is None:
+        if load_run(staging, run.meta["key"]) is None:
             shutil.rmtree(staging)
             raise RuntimeError(f"the copy of {run.path} does not read back; nothing was published for it")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
         folders.append(target)
+    write_manifest(folder)
     return folders
 
 
 def load_published(configs: list[RunConfig], profile: str, root: str | os.PathLike | None = None) -> list[Run]:
-    """The published runs of ``configs`` (checksums verified), in the order given."""
+    """The published runs of ``configs`` (every file checked against SHA256SUMS), in the order given."""
+    folder = published_dir(root) / profile
+    if folder.is_dir():
+        verify_published(folder, profile)
     return _match(configs, published_dir(root) / profile, "published",
                   f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.")

@@ -3,6 +3,7 @@
 Each run goes through :func:`ncpaper.results.run_or_load`, so finished runs are read from the
 cache, a restarted sweep only trains what is missing, and the file lock keeps two overlapping
 sweeps from training the same run twice at once. Dask supplies the scheduling and the retries.
+A run's thread count is part of its key: a sweep's reruns use the same counts, so they hit the cache.
 """
 
 from __future__ import annotations
@@ -13,24 +14,30 @@ from pathlib import Path
 from .results import Run, results_dir, run_or_load
 from .train import RunConfig
 
-__all__ = ["local_cluster", "run_sweep"]
+__all__ = ["SweepError", "local_cluster", "run_sweep"]
+
+
+class SweepError(RuntimeError):
+    """A sweep could not finish (a run kept killing its Dask worker)."""
 
 
 def _run_in_worker(config: RunConfig, results: str, data_root: str | None, threads: int) -> str:
     import torch
 
     torch.set_num_threads(threads)
-    return str(run_or_load(config, results, data_root=data_root).path)
+    return str(run_or_load(config, results, data_root=data_root, threads=threads).path)
 
 
 def run_sweep(configs: list[RunConfig], workers: int = 1, scheduler: str | None = None,
               results: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-              progress: bool = True) -> list[Run]:
+              progress: bool = True, threads: int | None = None) -> list[Run]:
     """Run (or read) every config; return the runs in the order given.
 
     ``workers=1`` and no ``scheduler``: one after another in this process. ``workers>1``: a Dask
     ``LocalCluster`` of that many single-threaded processes. ``scheduler``: the address of a
-    running Dask scheduler (a SLURM cluster through dask-jobqueue, for instance).
+    running Dask scheduler (a SLURM cluster through dask-jobqueue, for instance). ``threads``:
+    torch threads per run (part of each run's key); default: this process's setting when
+    sequential, the cores divided among the workers on a local cluster, 1 on a scheduler.
     """
     configs = [c.validated() for c in configs]
     if not configs:
@@ -39,12 +46,14 @@ def run_sweep(configs: list[RunConfig], workers: int = 1, scheduler: str | None 
     data = str(Path(data_root).resolve()) if data_root else os.environ.get("NCPAPER_DATA")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if workers == 1 and scheduler is None:
         from tqdm import tqdm
 
-        return [run_or_load(c, root, data_root=data, progress=progress)
+        return [run_or_load(c, root, data_root=data, progress=progress, threads=threads)
                 for c in tqdm(configs, desc="runs", disable=not progress or len(configs) == 1)]
-    return _run_on_dask(configs, workers, scheduler, root, data, progress)
+    return _run_on_dask(configs, workers, scheduler, root, data, progress, threads)
 
 
 def _worker_environment() -> dict:
@@ -72,8 +81,8 @@ def local_cluster(workers: int, environment: dict | None = None):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
-def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]:
-    from distributed import Client, as_completed
+def _run_on_dask(configs, workers, scheduler, root, data, progress, threads) -> list[Run]:
+    from distributed import Client, KilledWorker, as_completed
     from tqdm import tqdm
 
     from .results import load_run
@@ -81,11 +90,11 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]
     cluster = None
     try:
         if scheduler is None:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = threads or max(1, (os.cpu_count() or 1) // workers)
             cluster = local_cluster(workers)
             client = Client(cluster)
         else:
-            threads = 1
+            threads = threads or 1
             try:
                 client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as err:
@@ -94,9 +103,15 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress) -> list[Run]
         with client:
             futures = client.map(_run_in_worker, configs, results=root, data_root=data, threads=threads,
                                  pure=False)  # a lost worker's task is rescheduled by Dask itself
-            for _ in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
-                pass
-            paths = client.gather(futures)
+            try:
+                for _ in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=not progress):
+                    pass
+                paths = client.gather(futures)
+            except KilledWorker as err:
+                config = next((c for c, f in zip(configs, futures, strict=True) if f.key == err.task), None)
+                what = config.describe() if config else str(err.task)
+                raise SweepError(f"a Dask worker died each time it ran {what} (out of memory? see the worker's "
+                                 "log); the runs that finished are cached: rerun the sweep to continue") from None
     finally:
         if cluster is not None:
             cluster.close()
