@@ -6,12 +6,26 @@ import math
 
 import pandas as pd
 
-__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "provenance_table", "seed_summary"]
+__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "provenance_table", "seed_summary", "settled_rows",
+           "training_rows"]
+
+
+def training_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows measured during training (``phase == "train"``; a table without a phase column is all training)."""
+    return table if "phase" not in table.columns else table[table["phase"] == "train"]
 
 
 def last_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its last measured epoch."""
-    return table.sort_values("epoch").groupby("run_id", sort=False).tail(1).reset_index(drop=True)
+    """One row per run: its last epoch measured during training (never the post-training "settled" row)."""
+    rows = training_rows(table)
+    return rows.sort_values("epoch", kind="stable").groupby("run_id", sort=False).tail(1).reset_index(drop=True)
+
+
+def settled_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The "settled" rows (at most one per run, measured after settling at a critical point); empty if none."""
+    if "phase" not in table.columns:
+        return table.iloc[0:0].reset_index(drop=True)
+    return table[table["phase"] == "settled"].reset_index(drop=True)
 
 
 def seed_summary(last: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["NOTEBOOKS", "build_book", "build_site", "execute_notebooks", "glued_values"]
+__all__ = ["NOTEBOOKS", "build_book", "build_site", "execute_notebooks", "glued_values", "page_names"]
 
 # (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
@@ -44,6 +44,29 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+def page_names() -> list[str]:
+    """The pages ``ncpaper book --only`` accepts: the executed notebooks' names."""
+    return [name for _, name, _, _ in NOTEBOOKS]
+
+
+def _check_pages(only: list[str] | None) -> None:
+    unknown = sorted(set(only or []) - set(page_names()))
+    if unknown:
+        raise ValueError(f"no page named {', '.join(unknown)}; choose from {', '.join(page_names())}")
+
+
+def _hide_injected_parameters(path: Path) -> None:
+    """Keep papermill's "injected-parameters" cell in the notebook (Jupyter shows it) but off the page."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
+
+
 def _absolute_environment() -> None:
     """Kernels run in the book's root: make relative NCPAPER_* paths absolute from here first."""
     for name in ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE"):
@@ -57,6 +80,7 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -
     import papermill as pm
 
     root = Path(root).resolve()
+    _check_pages(only)
     _absolute_environment()
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,16 +97,20 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -
         jupytext.write(nb, staged, fmt="ipynb")
         tic = time.perf_counter()
         try:
+            # the notebooks' progress bars (stderr) go to this log, not to the page
             pm.execute_notebook(str(staged), str(out_dir / f"{name}.ipynb"), cwd=str(root),
                                 parameters={"profile": profile, **params}, kernel_name="python3",
-                                progress_bar=False)
+                                progress_bar=False, stderr_file=sys.stderr)
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook notebooks/{source} (as {name}) failed in cell {err.exec_count}: "
                                  f"{err.ename}: {err.evalue}") from None
         finally:
             staged.unlink(missing_ok=True)
+        _hide_injected_parameters(out_dir / f"{name}.ipynb")
         seconds[name] = time.perf_counter() - tic
+        print(f"executed {name} ({seconds[name]:.0f} s)", file=sys.stderr, flush=True)
     return seconds
+
 
 
 def build_site(root: Path) -> Path:
@@ -104,17 +132,28 @@ def build_site(root: Path) -> Path:
     return html
 
 
-def build_book(root: Path, profile: str = "default", workers: int = 1) -> dict:
-    """Sweep, execute, render. Returns timings in seconds."""
+def build_book(root: Path, profile: str = "default", workers: int = 1, only: list[str] | None = None) -> dict:
+    """Sweep, execute, render. Returns timings in seconds.
+
+    ``only``: execute just these pages (names from :func:`page_names`; their notebooks train or read their own
+    runs) and render the site with the other pages as last executed.
+    """
     from .profiles import all_configs
     from .sweep import run_sweep
 
     root = Path(root).resolve()
+    _check_pages(only)
+    if only:
+        absent = [n for n in page_names() if n not in only and not (root / "book" / "executed" / f"{n}.ipynb").exists()]
+        if absent:
+            raise ValueError(f"--only renders the other pages as last executed, but book/executed/ lacks "
+                             f"{', '.join(absent)}: build the whole book once first (ncpaper book --profile {profile})")
     timings = {}
     tic = time.perf_counter()
-    run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
+    if not only:
+        run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
     timings["sweep"] = time.perf_counter() - tic
-    timings["notebooks"] = execute_notebooks(root, profile)
+    timings["notebooks"] = execute_notebooks(root, profile, only)
     tic = time.perf_counter()
     build_site(root)
     timings["render"] = time.perf_counter() - tic

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -13,20 +12,35 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["NC_PANELS", "PHASE_PANELS", "figure_nc", "figure_phase", "runs_provenance", "save_figure",
-           "weight_decay_label", "weight_decay_palette"]
+__all__ = ["NC_PANELS", "PAGE_WIDTH_IN", "PHASE_PANELS", "classifier_column", "figure_nc", "figure_phase",
+           "runs_provenance", "save_figure", "smallest_text_pt", "weight_decay_label", "weight_decay_palette",
+           "weight_decay_styles"]
 
-# (column(s), panel title, log y-axis): the slides' panels, with means and classifier side by side.
+# Figures are drawn for the page they appear on: 7.2 in wide, shown about 750 px wide on a desktop, so 8 pt
+# text is about 11.6 px there (a phone shows them smaller: the image links to the full-size file).
+PAGE_WIDTH_IN = 7.2
+PAGE_FONTS = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick.labelsize": 8, "ytick.labelsize": 8,
+              "legend.fontsize": 8.5, "figure.titlesize": 10}
+
+# (means column, classifier column or None, panel title, log y-axis). The classifier side is plotted centred
+# (W - 1 mean_c W_c) when the table has it: at a weight-decay critical point W_L = k M + beta 1 mu_G^T has a
+# common component, so the raw rows' cosines cannot reach -1/(C-1).
 NC_PANELS = [
-    (["train_error"], "Training error", False),
-    (["train_loss"], "Training loss (square loss term)", True),
-    (["nc1"], r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", True),
-    (["nc2_equinorm_means", "nc2_equinorm_weights"], "NC2: equinorm (std/mean of norms)", True),
-    (["nc2_equiangular_means", "nc2_equiangular_weights"], "NC2: equiangularity (std of cosines)", True),
-    (["nc2_maxangle_means", "nc2_maxangle_weights"], r"NC2: mean $|\cos + 1/(C-1)|$", True),
-    (["nc3"], r"NC3: $\|W/\|W\| - M/\|M\|\|_F^2$", True),
-    (["nc4"], "NC4: mismatch with nearest class mean", False),
+    ("train_error", None, "Training error", False),
+    ("train_loss", None, r"Training loss $\frac{1}{2NC}\sum\Vert y-f\Vert^2$", True),
+    ("nc1", None, r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", True),
+    ("nc2_equinorm_means", "nc2_equinorm_weights", "NC2: equinorm (std/mean of norms)", True),
+    ("nc2_equiangular_means", "nc2_equiangular_weights", "NC2: equiangularity (std of cosines)", True),
+    ("nc2_maxangle_means", "nc2_maxangle_weights", r"NC2: mean $|\cos + 1/(C-1)|$", True),
+    (None, "nc3", r"NC3: $\Vert W/\Vert W\Vert - M/\Vert M\Vert\Vert_F^2$", True),
+    ("nc4", None, "NC4: mismatch with nearest class mean", False),
 ]
+
+
+def classifier_column(table: pd.DataFrame, column: str) -> tuple[str, bool]:
+    """The centred version of a classifier-side column when the table has it, else the column itself."""
+    centred = f"{column}_centred"
+    return (centred, True) if centred in table.columns else (column, False)
 
 
 def weight_decay_label(value: float) -> str:
@@ -34,50 +48,93 @@ def weight_decay_label(value: float) -> str:
 
 
 def weight_decay_palette(values) -> dict[str, str]:
-    """The slides' colours: green without weight decay, then orange and blue (more: a colormap)."""
-    colours = iter(["tab:orange", "tab:blue", "tab:purple", "tab:red", "tab:brown"])
+    """The slides' colours: green without weight decay, then orange and blue (more: further colours)."""
+    colours = iter(["tab:orange", "tab:blue", "tab:purple", "tab:red", "tab:brown", "tab:pink", "tab:olive"])
     return {weight_decay_label(v): ("tab:green" if v == 0 else next(colours)) for v in sorted(set(values))}
 
 
+def weight_decay_styles(values) -> dict[str, str]:
+    """One marker per weight decay as well as one colour, so that the lambdas differ in greyscale too."""
+    markers = iter(["s", "^", "D", "v", "P", "X", "*"])
+    return {weight_decay_label(v): ("o" if v == 0 else next(markers)) for v in sorted(set(values))}
+
+
 def figure_nc(table: pd.DataFrame, title: str = "") -> plt.Figure:
-    """NC measurements against epoch (log axis), one colour per weight decay; mean and spread over seeds."""
-    data = table[table["epoch"] > 0].copy()
+    """NC measurements against epoch (log axis): one colour and marker per lambda; mean and spread over seeds.
+
+    Only the rows measured during training (``phase == "train"``) are drawn. Solid lines are class means,
+    dashed ones classifier rows (centred when the table has the centred columns; the legend says which).
+    """
+    from .analysis import training_rows
+
+    data = training_rows(table)
+    data = data[data["epoch"] > 0].copy()
     data["weight decay"] = data["weight_decay"].map(weight_decay_label)
-    palette = weight_decay_palette(data["weight_decay"])
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.2), constrained_layout=True)
-    for ax, (columns, panel_title, log_y) in zip(axes.flat, NC_PANELS, strict=True):
-        for column in columns:
-            style = {"linestyle": "--"} if column.endswith("_weights") else {}
-            sns.lineplot(data=data, x="epoch", y=column, hue="weight decay", palette=palette, ax=ax,
-                         legend=False, errorbar=("pi", 100), **style)
-        ax.set(xscale="log", title=panel_title, xlabel="epoch", ylabel="")
-        if log_y:
-            ax.set_yscale("log")
-        ax.grid(True, which="major", alpha=0.3)
-    handles = [plt.Line2D([], [], color=c, label=k) for k, c in palette.items()]
-    handles += [plt.Line2D([], [], color="grey", label="class means"),
-                plt.Line2D([], [], color="grey", linestyle="--", label="classifier rows")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    if title:
-        fig.suptitle(title)
+    palette, markers = weight_decay_palette(data["weight_decay"]), weight_decay_styles(data["weight_decay"])
+    centred_any = False
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(4, 2, figsize=(PAGE_WIDTH_IN, 10.4), constrained_layout=True)
+        for ax, (means, weights, panel_title, log_y) in zip(axes.flat, NC_PANELS, strict=True):
+            lines = [(means, "-")] if means else []
+            if weights:
+                column, centred = classifier_column(data, weights)
+                centred_any |= centred
+                lines.append((column, "--" if means else "-"))
+                if not means:
+                    panel_title += " (W centred)" if centred else ""
+            for column, linestyle in lines:
+                sns.lineplot(data=data, x="epoch", y=column, hue="weight decay", style="weight decay",
+                             palette=palette, markers=markers, dashes=False, ax=ax, legend=False,
+                             errorbar=("pi", 100), linestyle=linestyle, markersize=3.5, markeredgewidth=0)
+            ax.set(xscale="log", xlabel="epoch", ylabel="")
+            ax.set_title(panel_title, loc="left")
+            if log_y:
+                ax.set_yscale("log")
+            ax.grid(True, which="major", alpha=0.3)
+        handles = [plt.Line2D([], [], color=c, marker=markers[k], label=k) for k, c in palette.items()]
+        handles += [plt.Line2D([], [], color="grey", label="class means"),
+                    plt.Line2D([], [], color="grey", linestyle="--",
+                               label="classifier rows, centred" if centred_any else "classifier rows")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+        if title:
+            fig.suptitle(title)
     return fig
 
 
 def runs_provenance(runs, profile: str, figure) -> dict:
-    """What a saved figure records: figure, profile, data source, git state, run keys, date."""
+    """What a saved figure records: figure, profile, data source, the plotting commit, every run's commit and
+    key, the ncpaper version and the licences. No date: the files' bytes change only when their content does."""
+    from . import __version__
+    from .results import _git_state
+
     return {"figure": figure, "profile": profile, "data_source": runs[0].meta["data_source"],
-            "git": runs[0].meta["git"], "runs": [r.meta["key"] for r in runs],
-            "date": datetime.date.today().isoformat()}
+            "plotted_at_commit": _git_state(), "ncpaper_version": __version__,
+            "runs": [{"key": r.meta["key"], "git": r.meta.get("git")} for r in runs],
+            "licence": "figure: CC-BY-4.0 (LICENSE-content); code: MIT (LICENSE)"}
 
 
-def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` with the provenance embedded in their metadata."""
+def smallest_text_pt(fig: plt.Figure) -> float:
+    """The size in points of the smallest visible text in ``fig`` (titles, labels, ticks, legend)."""
+    fig.canvas.draw()
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    return float(min(sizes))
+
+
+def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict, dpi: int = 150) -> list[Path]:
+    """Write ``stem.png`` and ``stem.pdf`` with the provenance embedded in their metadata.
+
+    The files hold no timestamp, so saving the same figure again gives the same bytes. The provenance also
+    records the figure's width and its smallest text size, from which a page can tell its displayed text size.
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    width_in = fig.get_figwidth()
+    provenance = {**provenance, "smallest_text_pt": smallest_text_pt(fig), "width_in": width_in, "dpi": dpi}
     text = json.dumps(provenance, sort_keys=True, default=str)
     png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
-    fig.savefig(png, dpi=150, metadata={"Title": stem.name, "Description": text, "Software": "ncpaper"})
-    fig.savefig(pdf, metadata={"Title": stem.name, "Subject": text, "Creator": "ncpaper"})
+    fig.savefig(png, dpi=dpi, metadata={"Title": stem.name, "Description": text, "Software": "ncpaper"})
+    fig.savefig(pdf, metadata={"Title": stem.name, "Subject": text, "Creator": "ncpaper", "Producer": "ncpaper",
+                               "CreationDate": None})
     return [png, pdf]
 
 
@@ -103,27 +160,38 @@ def figure_phase(last: pd.DataFrame, title: str = "") -> plt.Figure:
     zero_at = positive[0] / 10 if positive else 1e-6
     data = last.assign(x=last["weight_decay"].where(last["weight_decay"] > 0, zero_at))
     layers = sorted((c for c in data.columns if c.startswith("layer_norm_sq_")), key=lambda c: int(c[14:]))
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.2), constrained_layout=True)
-    for ax, (column, panel_title, log_y) in zip(axes.flat, PHASE_PANELS, strict=True):
-        if column == "balance_ratio":
-            pos = data[(data["weight_decay"] > 0) & (data["fit_term"] > 0)]  # f = 0 networks have no ratio
-            for k, layer in enumerate(layers, start=1):
-                ratio = pos["weight_decay"] * pos[layer] / pos["fit_term"]
-                label = "classifier" if k == len(layers) else f"layer {k}"
-                sns.lineplot(x=pos["x"], y=ratio, ax=ax, errorbar=("pi", 100), label=label, marker="o", markersize=3)
-            ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
-            ax.legend(fontsize=8)
-        else:
-            sns.lineplot(data=data[data["weight_decay"] > 0], x="x", y=column, ax=ax, errorbar=("pi", 100),
-                         marker="o", markersize=3, color="tab:blue")
-            zero = data[data["weight_decay"] == 0][column]
-            ax.errorbar([zero_at], [zero.mean()], yerr=[[zero.mean() - zero.min()], [zero.max() - zero.mean()]],
-                        fmt="s", color="tab:green", capsize=3)
-        ax.axvline(zero_at * 3, color="grey", linewidth=0.6)
-        ax.set(xscale="log", title=panel_title, xlabel="λ  (green square: λ = 0)", ylabel="")
-        if log_y:
-            ax.set_yscale("log")
-        ax.grid(True, which="major", alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(4, 2, figsize=(PAGE_WIDTH_IN, 10.4), constrained_layout=True)
+        for ax, (column, panel_title, log_y) in zip(axes.flat, PHASE_PANELS, strict=True):
+            _phase_panel(ax, data, layers, column, panel_title, log_y, zero_at)
+        if title:
+            fig.suptitle(title)
     return fig
+
+
+def _phase_panel(ax, data: pd.DataFrame, layers: list[str], column: str, panel_title: str, log_y: bool,
+                 zero_at: float) -> None:
+    if column == "nc3":
+        column, centred = classifier_column(data, "nc3")
+        panel_title += " (W centred)" if centred else ""
+    if column == "balance_ratio":
+        pos = data[(data["weight_decay"] > 0) & (data["fit_term"] > 0)]  # f = 0 networks have no ratio
+        for k, layer in enumerate(layers, start=1):
+            ratio = pos["weight_decay"] * pos[layer] / pos["fit_term"]
+            label = "classifier" if k == len(layers) else f"layer {k}"
+            sns.lineplot(x=pos["x"], y=ratio, ax=ax, errorbar=("pi", 100), label=label,
+                         marker="osD^v"[(k - 1) % 5], markersize=3.5)
+        ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+        ax.legend()
+    else:
+        sns.lineplot(data=data[data["weight_decay"] > 0], x="x", y=column, ax=ax, errorbar=("pi", 100),
+                     marker="o", markersize=3.5, color="tab:blue")
+        zero = data[data["weight_decay"] == 0][column]
+        ax.errorbar([zero_at], [zero.mean()], yerr=[[zero.mean() - zero.min()], [zero.max() - zero.mean()]],
+                    fmt="s", color="tab:green", capsize=3)
+    ax.axvline(zero_at * 3, color="grey", linewidth=0.6)
+    ax.set(xscale="log", xlabel="λ  (green square: λ = 0)", ylabel="")
+    ax.set_title(panel_title, loc="left")
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(True, which="major", alpha=0.3)

@@ -1,0 +1,600 @@
+"""The book pages' plumbing: each page makes one or two calls here and displays what they return.
+
+Everything a page shows that depends on its runs (the figure with its download links, anchor, citation
+line and provenance; the sentences with numbers; the tables) is built here, so that it is tested, and so
+that a notebook run outside the book (Jupyter, a download of the executed notebook) shows the same
+figure and prose: the prose is Markdown output, the figure an HTML block holding the image itself.
+
+Figures are saved as ``book/figures/<stem>.png`` and ``.pdf`` (fixed names; the book's Sphinx extension
+copies them to the same place in the site), and the figure's anchor is ``#<stem with dashes>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from . import __version__
+
+__all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "PhasePage", "bibtex_from_citation", "citation",
+           "code_commit", "figure_page", "figures_dir", "phase_page", "readable_columns", "reproduce_runs",
+           "show", "table", "table_html", "verdict_sentence"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+COLUMN_LABELS = {
+    "weight_decay": "λ", "seed": "seed", "epoch": "epoch", "train_error": "training error",
+    "test_error": "test error", "train_loss": "training loss", "eps": "ε", "nc1": "NC1",
+    "nc2_equinorm_means": "NC2 equinorm, means", "nc2_equiangular_means": "NC2 equiangular, means",
+    "nc2_maxangle_means": "NC2 max-angle, means", "nc2_equinorm_weights": "NC2 equinorm, W",
+    "nc2_equiangular_weights": "NC2 equiangular, W", "nc2_maxangle_weights": "NC2 max-angle, W",
+    "nc2_equinorm_weights_centred": "NC2 equinorm, W centred",
+    "nc2_equiangular_weights_centred": "NC2 equiangular, W centred", "nc3": "NC3",
+    "nc3_centred": "NC3 (W centred)", "nc4": "NC4", "fit_term": "fit term", "w_mean_cosine": "mean cos(W rows)",
+}
+
+
+def readable_columns(columns) -> list[str]:
+    """Column names as a reader reads them (``nc2_equinorm_means`` -> "NC2 equinorm, means")."""
+    return [COLUMN_LABELS.get(c, c) for c in columns]
+
+
+def figures_dir(root: str | os.PathLike = ".") -> Path:
+    return Path(root) / "book" / "figures"
+
+
+def code_commit() -> str:
+    """The commit of the ncpaper code that runs now (short), "+ uncommitted changes" when the tree is dirty."""
+    from .results import _git_state
+
+    return _describe_git(_git_state())
+
+
+def _describe_git(git: dict | None) -> str:
+    git = git or {}
+    commit = (git.get("commit") or "unknown")[:10]
+    return commit + (" + uncommitted changes" if git.get("dirty") else "")
+
+
+def citation(path: str | os.PathLike | None = None) -> dict:
+    """The repository's ``CITATION.cff`` (the one citation source), parsed."""
+    path = Path(path) if path else REPO / "CITATION.cff"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the book's citations are generated from CITATION.cff")
+    return yaml.safe_load(path.read_text())
+
+
+def _bib_authors(authors: list[dict]) -> str:
+    names = []
+    for a in authors:
+        names.append(f"{a['family-names']}, {a['given-names']}" if "family-names" in a else "{" + a["name"] + "}")
+    return " and ".join(names)
+
+
+def bibtex_from_citation(cff: dict) -> str:
+    """BibTeX for the reproduction (``@software``) and, from ``references:``, the paper it reproduces."""
+    year = str(cff["date-released"])[:4]
+    entries = [("software", "ncpaper" + year, {
+        "title": cff["title"], "author": _bib_authors(cff["authors"]), "year": year,
+        "version": str(cff["version"]), "note": f"commit {cff['commit']}" if cff.get("commit") else None,
+        "license": cff.get("license")})]
+    for ref in cff.get("references", []):
+        key = ref["authors"][0]["family-names"].lower() + str(ref["year"]) + ref["title"].split()[0].lower()
+        entries.append(("inproceedings" if ref["type"] == "conference-paper" else "article", key, {
+            "title": ref["title"], "author": _bib_authors(ref["authors"]),
+            "booktitle": (ref.get("conference") or {}).get("name") or ref.get("collection-title"),
+            "pages": f"{ref['start']}--{ref['end']}" if "start" in ref else None, "year": str(ref["year"]),
+            "doi": ref.get("doi")}))
+    out = []
+    for kind, key, fields in entries:
+        body = ",\n".join(f"  {name:<9} = {{{value}}}" for name, value in fields.items() if value)
+        out.append(f"@{kind}{{{key},\n{body}\n}}")
+    return "\n".join(out)
+
+
+def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 4,
+               index: bool = False) -> str:
+    """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide."""
+    shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
+    if index:
+        shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
+    formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
+    styler = shown.style.format(precision=precision, na_rep="–").format(formats).set_caption(html.escape(caption))
+    styler = styler.set_table_attributes('class="nc-table"')
+    if not index:
+        styler = styler.hide(axis="index")
+    else:
+        styler = styler.format_index("{:g}" if pd.api.types.is_float_dtype(shown.index) else "{}")
+    return f'<div class="nc-table-wrap">{styler.to_html()}</div>'
+
+
+def table(frame: pd.DataFrame, caption: str, **options) -> _HTML:
+    """:func:`table_html` as a displayable object."""
+    return _HTML(table_html(frame, caption, **options))
+
+
+class _HTML:
+    """Rich output: HTML for browsers and Jupyter; an image (when given) for other renderers."""
+
+    def __init__(self, text: str, png: bytes | None = None):
+        self.text, self.png = text, png
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        bundle = {"text/html": self.text}
+        if self.png is not None:
+            bundle["image/png"] = base64.b64encode(self.png).decode()
+        return bundle
+
+
+class _Markdown:
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_markdown_(self):
+        return self.text
+
+
+def show(*items) -> None:
+    """Display Markdown strings (prose) and HTML blocks (figures, tables) in order."""
+    from IPython.display import display
+
+    for item in items:
+        if item:
+            display(_Markdown(item) if isinstance(item, str) else item)
+
+
+@dataclass
+class FigureFiles:
+    """A saved figure: its fixed files, its anchor in the page, its caption, alt text and citation line."""
+
+    stem: str
+    png: Path
+    pdf: Path
+    caption: str
+    alt: str
+    cite: str
+    generated_by: str
+
+    @property
+    def anchor(self) -> str:
+        return self.stem.replace("_", "-")
+
+    def html(self) -> _HTML:
+        png = self.png.read_bytes()
+        src = "data:image/png;base64," + base64.b64encode(png).decode()
+        href = f"../figures/{self.stem}"
+        text = (f'<figure class="nc-figure" id="{self.anchor}">'
+                f'<a href="{href}.png" title="the full-size PNG"><img src="{src}" alt="{html.escape(self.alt)}"></a>'
+                f'<figcaption><p>{_inline(self.caption)} <a class="headerlink" href="#{self.anchor}" '
+                f'title="link to this figure">#</a></p>'
+                f'<p class="nc-downloads">Download: <a href="{href}.png" download>PNG</a> · '
+                f'<a href="{href}.pdf" download>PDF</a></p>'
+                f'<p class="nc-cite"><strong>How to cite this figure:</strong> {_inline(self.cite)}</p>'
+                f'<p class="nc-generated">{_inline(self.generated_by)}</p></figcaption></figure>')
+        return _HTML(text, png)
+
+
+def _inline(text: str) -> str:
+    """Escape text for HTML, keeping `code` spans and **bold**, and $maths$ as MathJax inline maths."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"\$([^$]+)\$", r'<span class="math notranslate nohighlight">\\(\1\\)</span>', out)
+
+
+def _save(fig, stem: str, root, runs, profile: str, figure_id, caption: str, alt: str, cite: str,
+          generated_by: str) -> FigureFiles:
+    import matplotlib.pyplot as plt
+
+    from .plots import runs_provenance, save_figure
+
+    png, pdf = save_figure(fig, figures_dir(root) / stem, runs_provenance(runs, profile, figure_id))
+    plt.close(fig)
+    return FigureFiles(stem, png, pdf, caption, alt, cite, generated_by)
+
+
+def _cite_line(what: str, commit: str) -> str:
+    cff = citation()
+    return (f"{cff['authors'][0].get('name') or cff['authors'][0]['family-names']} ({str(cff['date-released'])[:4]}). "
+            f"*{cff['title']}*, version {cff['version']}, {what}, commit `{commit}`.")
+
+
+def _run_commits(runs) -> str:
+    commits = sorted({_describe_git(r.meta.get("git")) for r in runs})
+    return ", ".join(f"`{c}`" for c in commits)
+
+
+def _lambdas(values) -> str:
+    return ", ".join(f"{v:g}" for v in sorted(values))
+
+
+def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = 5.0) -> str:
+    """Our criterion (not the paper's): are NC1 and NC3 at the last epoch ``factor`` times smaller with weight
+    decay than without? One clause per lambda > 0, with the numbers."""
+    if 0.0 not in last_means.index:
+        raise ValueError("the figure has no lambda = 0 runs to compare with; add 0 to its weight decays")
+    zero = last_means.loc[0.0]
+    met, missed = [], []
+    for wd in sorted(w for w in last_means.index if w > 0):
+        row = last_means.loc[wd]
+        ratios = [zero["nc1"] / row["nc1"], zero[nc3_column] / row[nc3_column]]
+        if min(ratios) >= factor:
+            met.append(f"λ = {wd:g}")
+        else:
+            missed.append(f"λ = {wd:g} (NC1 {row['nc1']:.3g} against {zero['nc1']:.3g}, NC3 {row[nc3_column]:.3g} "
+                          f"against {zero[nc3_column]:.3g}; training error {row['train_error']:.2%})")
+    return (f"**Our criterion** (ours, not the paper's): are NC1 and NC3 at the last epoch at least {factor:g} "
+            f"times smaller with weight decay than without? " + (f"Yes at {' and '.join(met)}. " if met else "")
+            + (f"**No** at {'; '.join(missed)}." if missed else ""))
+
+
+def _change(ratio: float) -> str:
+    if not math.isfinite(ratio):
+        return "undefined"
+    return f"{ratio:.1f} times smaller" if ratio >= 1 else f"{1 / ratio:.1f} times larger"
+
+
+def _configs_with(configs, weight_decays):
+    """The profile's runs at the given lambdas (same settings and seeds); None: the profile's own lambdas."""
+    if weight_decays is None:
+        return configs
+    weight_decays = [float(w) for w in weight_decays]
+    if 0.0 not in weight_decays:
+        raise ValueError(f"weight_decays={weight_decays}: include 0, the runs every lambda is compared with")
+    first = [c for c in configs if c.weight_decay == configs[0].weight_decay]  # one per seed
+    return [dataclasses.replace(c, weight_decay=w) for w in sorted(set(weight_decays)) for c in first]
+
+
+@dataclass
+class FigurePage:
+    """Figure 1 or 2 on one profile: the runs, the figure, and what the page says about them."""
+
+    profile: str
+    figure: str
+    figure_number: int
+    published: bool = False
+    weight_decays: list | None = None
+    root: str = "."
+    missing: str | None = None
+    runs: list = field(default_factory=list)
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        from .results import collect
+
+        return collect(self.runs)
+
+    @cached_property
+    def last(self) -> pd.DataFrame:
+        """End of training (last "train" row), mean over seeds, one row per lambda."""
+        from .analysis import last_rows
+
+        return last_rows(self.table).groupby("weight_decay").mean(numeric_only=True)
+
+    @property
+    def nc3_column(self) -> str:
+        from .plots import classifier_column
+
+        return classifier_column(self.table, "nc3")[0]
+
+    @property
+    def label(self) -> str:
+        return f"Figure {self.figure_number} ({self.runs[0].meta['data_source'] if self.runs else self.figure}, " \
+               f"profile '{self.profile}')"
+
+    @cached_property
+    def description(self) -> str:
+        c, source = self.runs[0].config, self.runs[0].meta["data_source"]
+        return (f"{source}, {c.n_per_class * self.runs[0].meta['num_classes']:,} training images "
+                f"({c.n_per_class:,} per class), {c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
+
+    @cached_property
+    def files(self) -> FigureFiles:
+        from .plots import figure_nc
+
+        lambdas = sorted(self.last.index)
+        stem = f"figure{self.figure_number}_{self.figure}_{self.profile}"
+        side = "classifier rows, centred" if self.nc3_column.endswith("_centred") else "classifier rows"
+        caption = (f"**Figure {self.figure_number}.** {self.description}. Neural Collapse measured on the training "
+                   f"set at log-spaced epochs, one colour and marker per weight decay (λ = {_lambdas(lambdas)}; "
+                   f"green: none); lines are means over seeds, bands their range. Solid: class means; dashed: "
+                   f"{side}. All settings are our choices (see Reproduce and cite).")
+        nc1 = ", ".join(f"{self.last.loc[w, 'nc1']:.3g} at λ = {w:g}" for w in lambdas)
+        alt = (f"Eight line plots against training epoch on a log axis, one line per weight decay "
+               f"(λ = {_lambdas(lambdas)}): training error, training loss, NC1, NC2 equinorm, NC2 equiangularity, "
+               f"NC2 max-angle, NC3 and NC4. At the last epoch NC1 is {nc1}.")
+        commit = code_commit()
+        cite = _cite_line(f"Figure {self.figure_number} ({self.runs[0].meta['data_source']}, profile "
+                          f"'{self.profile}')", commit)
+        params = f"profile='{self.profile}', figure='{self.figure}'" + (
+            f", weight_decays={[float(w) for w in lambdas]}" if self.weight_decays is not None else "")
+        generated = (f"Generated by `notebooks/figure.md` ({params}) at commit `{commit}` with ncpaper "
+                     f"{__version__}, from {len(self.runs)} runs trained at commit(s) {_run_commits(self.runs)}. "
+                     f"Licence: CC-BY-4.0 (figure), MIT (code).")
+        fig = figure_nc(self.table, title=f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
+                                          f"profile '{self.profile}'")
+        return _save(fig, stem, self.root, self.runs, self.profile, self.figure_number, caption, alt, cite, generated)
+
+    def figure_block(self):
+        if self.missing:
+            return self.missing
+        return self.files.html()
+
+    def results_markdown(self) -> str:
+        """What the figure shows at the last epoch, one sentence per lambda, then our 5x criterion."""
+        if self.missing:
+            return ""
+        last, nc3 = self.last, self.nc3_column
+        zero = last.loc[0.0]
+        nc3_name = "NC3 (W centred)" if nc3.endswith("_centred") else "NC3"
+        parts = [f"**At the last epoch** ({self.runs[0].config.epochs}; means over seeds). Without weight decay "
+                 f"NC1 is {zero['nc1']:.3g} and {nc3_name} {zero[nc3]:.3g} (training error {zero['train_error']:.3f})."]
+        for wd in sorted(w for w in last.index if w > 0):
+            row = last.loc[wd]
+            parts.append(f"With $\\lambda = {wd:g}$: NC1 {row['nc1']:.3g}, **{_change(zero['nc1'] / row['nc1'])}**, "
+                         f"and {nc3_name} {row[nc3]:.3g}, **{_change(zero[nc3] / row[nc3])}** (training error "
+                         f"{row['train_error']:.3f}).")
+        return " ".join(parts) + "\n\n" + verdict_sentence(last, nc3)
+
+    def end_table(self):
+        if self.missing:
+            return None
+        columns = ["train_error", "test_error", "train_loss", "eps", "nc1", "nc2_equinorm_means",
+                   "nc2_equiangular_means", self.nc3_column, "nc4"]
+        caption = (f"Table: {self.label} at the last training epoch, mean over seeds, one row per weight decay "
+                   f"(the measurements on the training set; test error on the test set).")
+        return _HTML(table_html(self.last[columns], caption, index=True))
+
+    def origin_markdown(self) -> str:
+        from .analysis import provenance_table
+
+        if self.missing:
+            return ""
+        prov = provenance_table(self.runs)
+        if self.published:
+            return (f"These are **published results**: the book reads them from `published/{self.profile}/` and "
+                    f"does not retrain them. They were trained on {', '.join(sorted(prov['device'].unique()))}, "
+                    f"finished between {prov['finished (UTC)'].min()} and {prov['finished (UTC)'].max()} UTC, in "
+                    f"{prov['training min'].sum():.0f} minutes in all; `ncpaper sweep --profile {self.profile} "
+                    f"--figure {self.figure}` retrains them (resuming from checkpoints) and `ncpaper publish "
+                    f"--profile {self.profile}` republishes them.")
+        return (f"These runs are trained when the book is built (or read from the result cache, keyed by their "
+                f"configuration and data) on the profile '{self.profile}'.")
+
+    def provenance(self):
+        from .analysis import provenance_table
+
+        if self.missing:
+            return None
+        shown = provenance_table(self.runs).drop(columns=["data", "training images"])  # both are in the caption
+        return _HTML(table_html(shown, f"Table: the runs of {self.label}: where, when and by which code each was "
+                                       "trained.", formats={"training min": "{:.1f}", "images/s": "{:,.0f}",
+                                                            "λ": "{:g}"}))
+
+    def glue(self) -> None:
+        """Glue the page's numbers (for other pages and the tests), without displaying anything."""
+        from myst_nb import glue
+
+        glue("missing", self.missing or "", display=False)
+        if self.missing:
+            return
+        last, nc3 = self.last, self.nc3_column
+        glue("caption", self.description, display=False)
+        glue("data_source", self.runs[0].meta["data_source"], display=False)
+        glue("epochs", int(self.runs[0].config.epochs), display=False)
+        glue("nc1_nowd", float(last.loc[0.0, "nc1"]), display=False)
+        glue("nc3_nowd", float(last.loc[0.0, nc3]), display=False)
+        for k, wd in enumerate(sorted(w for w in last.index if w > 0), start=1):
+            glue(f"wd{k}", float(wd), display=False)
+            glue(f"nc1_ratio_{k}", float(last.loc[0.0, "nc1"] / last.loc[wd, "nc1"]), display=False)
+            glue(f"nc3_ratio_{k}", float(last.loc[0.0, nc3] / last.loc[wd, nc3]), display=False)
+        glue("figure_anchor", self.files.anchor, display=False)
+
+
+def _not_published(profile: str, figure: str, err: Exception) -> str:
+    return (f"**Not yet published.** The full-scale runs of this figure (profile '{profile}', as it stands in "
+            f"`ncpaper/profiles.yaml`) are not in `published/{profile}/` yet, so there is no figure here. To make "
+            f"them: `ncpaper sweep --profile {profile} --figure {figure}`, then `ncpaper publish --profile "
+            f"{profile}`, and rebuild the book. ({err})")
+
+
+def figure_page(profile: str, figure: str, figure_number: int, published: bool = False,
+                weight_decays: list | None = None, root: str | os.PathLike = ".", progress: bool = True
+                ) -> FigurePage:
+    """Load (published) or train the figure's runs and return its page; a missing publication is a note."""
+    from .profiles import figure_configs
+    from .published import MissingResultError, load_published
+    from .sweep import run_sweep
+
+    configs = _configs_with(figure_configs(profile, figure), weight_decays)
+    page = FigurePage(profile, figure, figure_number, published, weight_decays, str(root))
+    if published:
+        try:
+            page.runs = load_published(configs, profile)
+        except MissingResultError as err:
+            page.missing = _not_published(profile, figure, err)
+    else:
+        page.runs = run_sweep(configs, progress=progress)
+    return page
+
+
+@dataclass
+class PhasePage:
+    """The weight-decay phase diagram on one dataset: end-of-training rows over many lambdas and seeds."""
+
+    profile: str
+    dataset: str
+    runs: list
+    root: str = "."
+
+    @cached_property
+    def last(self) -> pd.DataFrame:
+        from .analysis import last_rows
+        from .results import collect
+
+        return last_rows(collect(self.runs))
+
+    @cached_property
+    def description(self) -> str:
+        c = self.runs[0].config
+        return (f"{self.runs[0].meta['data_source']}, {c.n_per_class} training images per class, "
+                f"{c.architecture()}, {c.epochs} epochs, {self.last['weight_decay'].nunique()} weight decays x "
+                f"{self.last['seed'].nunique()} seeds, profile '{self.profile}'")
+
+    @cached_property
+    def files(self) -> FigureFiles:
+        from .plots import figure_phase
+
+        stem = f"phase_{self.dataset}_{self.profile}"
+        caption = (f"**Phase diagram ({self.runs[0].meta['data_source']}).** {self.description}. End-of-training "
+                   f"measurements on the training set against λ (log axis; the green square at the left is λ = 0). "
+                   f"Lines: mean over seeds; bands and bars: min-max over seeds. Last panel: each layer's Lemma 2 "
+                   f"ratio $\\lambda\\lVert W_l\\rVert_F^2 / \\frac{{1}}{{NC}}\\sum_i\\langle y_i - f_i, f_i\\rangle$ "
+                   f"(1 at a critical point).")
+        lambdas = self.last["weight_decay"]
+        alt = (f"Eight plots against weight decay λ on a log axis, from {lambdas[lambdas > 0].min():g} "
+               f"to {lambdas.max():g}, with λ = 0 as a square at the left: training error, ε, NC1, "
+               f"NC2 equinorm and equiangularity of the class means, NC3, NC4, and each layer's Lemma 2 ratio.")
+        commit = code_commit()
+        cite = _cite_line(f"phase diagram ({self.runs[0].meta['data_source']}, profile '{self.profile}')", commit)
+        generated = (f"Generated by `notebooks/phase.md` (profile='{self.profile}', dataset='{self.dataset}') at "
+                     f"commit `{commit}` with ncpaper {__version__}, from {len(self.runs)} runs trained at commit(s) "
+                     f"{_run_commits(self.runs)}. Licence: CC-BY-4.0 (figure), MIT (code).")
+        fig = figure_phase(self.last, title=f"Phase diagram · {self.runs[0].meta['data_source']} · profile "
+                                            f"'{self.profile}'")
+        return _save(fig, stem, self.root, self.runs, self.profile, f"phase diagram ({self.dataset})", caption, alt,
+                     cite, generated)
+
+    def onset_markdown(self) -> str:
+        from .analysis import collapse_onset, fit_breakdown, seed_summary
+
+        nc1 = seed_summary(self.last, "nc1")
+        onset, breakdown = collapse_onset(self.last, "nc1", 10), fit_breakdown(self.last, 0.01)
+        dead = self.last[~self.last["nc_defined"].astype(bool)]
+        onset_text = (f"**λ = {onset:.2g}** (NC1 {nc1.loc[onset, 'mean']:.3g})" if onset == onset
+                      else "**no λ in this range**")
+        breakdown_text = f"**λ = {breakdown:.2g}**" if breakdown == breakdown else "**no λ in this range**"
+        dead_text = (f"From λ = {dead['weight_decay'].min():.2g} on, {len(dead)} of the runs end at the trivial "
+                     "solution f = 0 (every feature zero), where Neural Collapse is undefined; they appear as gaps."
+                     if len(dead) else "No run ends at the trivial solution f = 0.")
+        minutes = sum(r.meta["timings"]["train_seconds"] + r.meta["timings"]["measure_seconds"] for r in self.runs) / 60
+        return (f"**Where collapse sets in.** Without weight decay NC1 ends at {nc1.loc[0.0, 'mean']:.3g} (mean of "
+                f"{self.last['seed'].nunique()} seeds). The smallest weight decay at which NC1 falls below a tenth "
+                f"of that (our threshold) is {onset_text}. Training stops fitting the data (mean training error above "
+                f"1%) from {breakdown_text}. Between the two lies the window where the network both fits and "
+                f"collapses. Both edges depend on the training budget: a smaller $\\lambda$ needs more steps (about "
+                f"$1/(\\eta\\lambda)$) to reach the balanced critical point of Lemma 2, which is why the smallest "
+                f"values here behave like $\\lambda = 0$. {dead_text} The {len(self.runs)} runs took "
+                f"{minutes:.1f} CPU-minutes.")
+
+    def theory_summary(self) -> tuple[pd.DataFrame, str]:
+        """Per lambda > 0 (seed means): Lemma 2's balance per layer, RHS against symmetric quasi-interpolation,
+        the classifier rows' mean cosine against -1/(C-1); and a sentence on the fitting lambdas."""
+        import sympy
+
+        from . import theory
+
+        num_classes = self.runs[0].meta["num_classes"]
+        positive = self.last[self.last["weight_decay"] > 0].copy()
+        layers = sorted((c for c in positive.columns if c.startswith("layer_norm_sq_")), key=lambda c: int(c[14:]))
+        symmetric = sympy.lambdify((theory.eps, theory.C), theory.derive_balance_identity())  # Lemma 2's RHS
+        positive["symmetric"] = [float(symmetric(e, num_classes)) for e in positive["eps"]]
+        fits = positive["fit_term"] > 0
+        for k, layer in enumerate(layers, start=1):
+            name = "λ‖W_L‖²/RHS" if k == len(layers) else f"λ‖W_{k}‖²/RHS"
+            positive[name] = (positive["weight_decay"] * positive[layer] / positive["fit_term"]).where(fits)
+        positive["RHS/symmetric"] = (positive["fit_term"] / positive["symmetric"]).where(fits)
+        columns = ["train_error", "eps", "nc1", "nc3", "RHS/symmetric"] + [c for c in positive.columns if "/RHS" in c]
+        summary = positive.groupby("weight_decay")[[*columns, "w_mean_cosine"]].mean()
+        summary["-1/(C-1)"] = -1 / (num_classes - 1)
+        fitting = summary[summary["train_error"] <= 0.01]
+        if len(fitting):
+            balance = float((fitting["λ‖W_L‖²/RHS"] - 1).abs().max())
+            cosine = float((fitting["w_mean_cosine"] + 1 / (num_classes - 1)).abs().max())
+            text = (f"Where the network still fits the data, the classifier's $\\lambda\\lVert W_L\\rVert^2$ matches "
+                    f"Lemma 2's right-hand side within {balance:.1%} at every $\\lambda$, and the mean cosine between "
+                    f"(uncentred) classifier rows is within {cosine:.3f} of $-1/(C-1)$.")
+        else:
+            text = "No weight decay in this sweep fits the data (training error at most 1%), so nothing is compared."
+        return summary.rename_axis("λ"), text
+
+    def theory_table(self):
+        summary, _ = self.theory_summary()
+        caption = (f"Table: the theorem's predictions across λ ({self.runs[0].meta['data_source']}, profile "
+                   f"'{self.profile}'), means over seeds; dashes: f = 0.")
+        return _HTML(table_html(summary, caption, precision=3, index=True))
+
+    def glue(self) -> None:
+        from myst_nb import glue
+
+        from .analysis import collapse_onset
+
+        onset = collapse_onset(self.last, "nc1", 10)
+        glue("n_runs", len(self.runs), display=False)
+        glue("n_lambdas", int(self.last["weight_decay"].nunique()), display=False)
+        glue("n_seeds", int(self.last["seed"].nunique()), display=False)
+        glue("onset_text", f"λ = {onset:.2g}" if onset == onset else "no λ in this range", display=False)
+        glue("phase_caption", self.description, display=False)
+        glue("figure_anchor", self.files.anchor, display=False)
+
+
+def phase_page(profile: str, dataset: str, root: str | os.PathLike = ".", progress: bool = True) -> PhasePage:
+    from .profiles import phase_configs
+    from .sweep import run_sweep
+
+    return PhasePage(profile, dataset, run_sweep(phase_configs(profile, dataset), progress=progress), str(root))
+
+
+# (section, entry, label) of every part of the book; the reproduce page lists what each took.
+PARTS = [("figures", "cifar10", "Figure 1"), ("figures", "mnist", "Figure 2"),
+         ("phase", "mnist", "Phase diagram, MNIST"), ("phase", "cifar10", "Phase diagram, CIFAR-10")]
+
+
+def reproduce_runs(profile: str, published_profile: str = "paper", progress: bool = True):
+    """What each part of the book took (one row per part) and the settings it used (one sentence per part).
+
+    The book's own profile is trained (or read from the cache); the full-scale profile's figures are read
+    from ``published/``, and a part not published yet is listed as such.
+    """
+    from .analysis import provenance_table
+    from .profiles import load_profile, section_configs
+    from .published import MissingResultError, load_published
+    from .sweep import run_sweep
+
+    parts = [(profile, s, e, label, False) for s, e, label in PARTS]
+    parts += [(published_profile, "figures", e, f"{label}, full scale (published)", True)
+              for s, e, label in PARTS if s == "figures"]
+    rows, choices, missing = [], [], []
+    for part_profile, section, name, label, published in parts:
+        if name not in load_profile(part_profile).get(section, {}):
+            continue
+        configs = section_configs(part_profile, section, name)
+        c = configs[0]
+        cuts = ", ".join(f"{m:.0%}" for m in c.lr_milestones)
+        choices.append(f"{label} (profile '{part_profile}'): {c.architecture()}, {c.n_per_class:,} images per class, "
+                       f"{c.epochs} epochs, lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them, batch "
+                       f"{c.batch_size}, λ in {{{_lambdas({x.weight_decay for x in configs})}}}")
+        try:
+            runs = load_published(configs, part_profile) if published else run_sweep(configs, progress=progress)
+        except MissingResultError:
+            missing.append(label)
+            continue
+        timings = pd.DataFrame([r.meta["timings"] for r in runs])
+        prov = provenance_table(runs)
+        rows.append({"part": label, "profile": part_profile, "data": prov["data"][0], "runs": len(runs),
+                     "epochs": c.epochs, "train images": prov["training images"][0],
+                     "minutes": (timings["train_seconds"] + timings["measure_seconds"]).sum() / 60,
+                     "measurement share": timings["measure_seconds"].sum() / timings["train_seconds"].sum(),
+                     "images/s (median)": timings["images_per_second"].median(), "device": prov["device"][0],
+                     "commits": ", ".join(sorted(set(prov["commit"]))), "created": prov["finished (UTC)"].max()})
+    return pd.DataFrame(rows), choices, missing
