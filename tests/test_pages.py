@@ -1,0 +1,133 @@
+"""Page plumbing: citations from CITATION.cff, tables, the verdict, figure files and blocks, train/settled rows."""
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ncpaper import __version__
+from ncpaper.analysis import last_rows, settled_rows
+from ncpaper.pages import FigureFiles, bibtex_from_citation, citation, readable_columns, table_html, verdict_sentence
+from ncpaper.plots import classifier_column, figure_nc, save_figure
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_bibtex_is_generated_from_citation_cff_and_agrees_with_references_bib():
+    cff = citation()
+    assert cff["type"] == "software" and cff["references"][0]["type"] == "conference-paper"
+    bib = bibtex_from_citation(cff)
+    assert bib.startswith("@software{ncpaper2026,") and f"version   = {{{cff['version']}}}" in bib
+    assert "@inproceedings{rangamani2022neural," in bib and "pages     = {4243--4247}" in bib
+    references = (REPO / "book" / "references.bib").read_text()
+    for key in ("ncpaper2026", "rangamani2022neural"):  # the keys the pages {cite} exist in both
+        assert f"{{{key}," in references
+    assert "doi     = {10.1073/pnas.2015509117}" in references
+    assert cff["version"] == __version__
+
+
+def test_citation_names_the_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"generated from CITATION\.cff"):
+        citation(tmp_path / "CITATION.cff")
+
+
+def test_tables_have_readable_headers_a_caption_and_a_scrolling_box():
+    frame = pd.DataFrame({"weight_decay": [0.0, 0.01], "nc2_equinorm_means": [0.78750, 0.179],
+                          "nc3_centred": [1.0, 0.001]})
+    text = table_html(frame, "Table: a result")
+    assert text.startswith('<div class="nc-table-wrap">') and 'class="nc-table"' in text
+    assert "<caption>Table: a result</caption>" in text
+    for label in ("NC2 equinorm, means", "NC3 (W centred)", "λ"):
+        assert f">{label}</th>" in text
+    assert "nc2_equinorm_means" not in text
+    assert readable_columns(["nc1", "unknown_column"]) == ["NC1", "unknown_column"]
+
+
+def test_verdict_is_labelled_ours_and_gives_one_clause_per_lambda():
+    last = pd.DataFrame({"nc1": [1.0, 0.1, 0.5, 0.01], "nc3": [1.0, 0.1, 0.1, 0.5],
+                         "train_error": [0.0, 0.0, 0.01, 0.02]}, index=[0.0, 0.001, 0.002, 0.005])
+    text = verdict_sentence(last, "nc3")
+    assert text.startswith("**Our criterion** (ours, not the paper's)")
+    assert "Yes at λ = 0.001." in text
+    assert "λ = 0.002 (NC1 0.5 against 1" in text and "λ = 0.005 (NC1 0.01 against 1, NC3 0.5" in text
+    with pytest.raises(ValueError, match="no lambda = 0 runs"):
+        verdict_sentence(last.drop(index=0.0), "nc3")
+
+
+def test_last_rows_are_training_rows_and_settled_rows_are_apart():
+    table = pd.DataFrame({"run_id": ["a"] * 3 + ["b"] * 2, "epoch": [1, 10, 10, 1, 10],
+                          "phase": ["train", "train", "settled", "train", "train"], "nc1": [5.0, 2.0, 0.1, 4.0, 3.0]})
+    last = last_rows(table)
+    assert list(last["nc1"]) == [2.0, 3.0] and set(last["phase"]) == {"train"}
+    settled = settled_rows(table)
+    assert list(settled["run_id"]) == ["a"] and list(settled["nc1"]) == [0.1]
+    old = table.drop(columns="phase").iloc[[0, 1, 3, 4]]  # published tables before the phase column
+    assert list(last_rows(old)["nc1"]) == [2.0, 3.0] and settled_rows(old).empty
+
+
+def fake_table(centred: bool) -> pd.DataFrame:
+    rows = []
+    for wd in (0.0, 0.01, 0.02):
+        for epoch in (1, 10, 100):
+            row = {"run_id": f"r{wd}", "weight_decay": wd, "seed": 0, "epoch": epoch, "phase": "train"}
+            for column in ("train_error", "train_loss", "nc1", "nc2_equinorm_means", "nc2_equinorm_weights",
+                           "nc2_equiangular_means", "nc2_equiangular_weights", "nc2_maxangle_means",
+                           "nc2_maxangle_weights", "nc3", "nc4"):
+                row[column] = (1 + wd * 50) / epoch
+            if centred:
+                row["nc3_centred"] = row["nc2_equinorm_weights_centred"] = 0.5 / epoch
+            rows.append(row)
+    rows.append({**rows[-1], "phase": "settled", "epoch": 100, "nc1": 1e-9})  # never drawn over training
+    return pd.DataFrame(rows)
+
+
+def test_classifier_columns_are_centred_when_the_table_has_them():
+    assert classifier_column(fake_table(True), "nc3") == ("nc3_centred", True)
+    assert classifier_column(fake_table(False), "nc3") == ("nc3", False)  # old published tables
+
+
+def test_figure_is_page_sized_text_large_enough_and_files_byte_stable(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig = figure_nc(fake_table(True), title="Figure 2 · test")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "classifier rows, centred" in labels and "λ = 0.01" in labels
+    markers = {line.get_marker() for line in fig.legends[0].get_lines()[:3]}
+    assert len(markers) == 3  # the lambdas differ by marker as well as colour
+    assert any(ax.get_title(loc="left").endswith("(W centred)") for ax in fig.axes)
+    drawn = [y for ax in fig.axes for line in ax.get_lines() for y in np.atleast_1d(line.get_ydata())]
+    assert 1e-9 not in drawn  # the settled row is not a training epoch
+    provenance = {"figure": 2}
+    first = save_figure(fig, tmp_path / "a" / "figure2", provenance)
+    second = save_figure(fig, tmp_path / "b" / "figure2", provenance)
+    plt.close(fig)
+    for one, other in zip(first, second, strict=True):
+        assert one.read_bytes() == other.read_bytes(), one.suffix  # no date in the files
+    png = Image.open(first[0])
+    meta = json.loads(png.text["Description"])
+    assert meta["width_in"] == pytest.approx(7.2) and png.size[0] == round(7.2 * meta["dpi"])
+    # at 750 px (a desktop page) the smallest text is at least 9 px
+    assert meta["smallest_text_pt"] / 72 * 750 / meta["width_in"] >= 9
+
+
+def test_figure_block_embeds_the_image_links_the_files_and_has_an_anchor(tmp_path):
+    png = tmp_path / "figure1_cifar10_default.png"
+    png.write_bytes(b"\x89PNG fake")
+    files = FigureFiles("figure1_cifar10_default", png, png.with_suffix(".pdf"), "**Figure 1.** CIFAR-10 <x>",
+                        'Eight plots "quoted"', "ncpaper contributors (2026). *ncpaper*, commit `abc`.",
+                        "Generated by `notebooks/figure.md` at commit `abc`.")
+    bundle = files.html()._repr_mimebundle_()
+    html = bundle["text/html"]
+    assert base64.b64decode(bundle["image/png"]) == b"\x89PNG fake"  # the notebook shows it outside the book
+    assert '<figure class="nc-figure" id="figure1-cifar10-default">' in html
+    assert 'href="#figure1-cifar10-default"' in html
+    assert '<a href="../figures/figure1_cifar10_default.png" download>PNG</a>' in html
+    assert '<a href="../figures/figure1_cifar10_default.pdf" download>PDF</a>' in html
+    assert 'alt="Eight plots &quot;quoted&quot;"' in html and "CIFAR-10 &lt;x&gt;" in html
+    assert "<strong>Figure 1.</strong>" in html and "How to cite this figure" in html
+    assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+"', html)
