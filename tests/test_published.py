@@ -1,11 +1,14 @@
 """Published results: copied without weights, found again by configuration, verified, clear when missing."""
 
+import json
+import subprocess
+
 import pandas as pd
 import pytest
 
 from ncpaper.cli import main
 from ncpaper.profiles import figure_configs
-from ncpaper.published import MissingResultError, find_finished, load_published, publish
+from ncpaper.published import MissingResultError, TamperedResultError, find_finished, load_published, publish
 from ncpaper.sweep import run_sweep
 from ncpaper.train import RunConfig
 
@@ -34,18 +37,54 @@ def test_publish_then_load_gives_the_same_tables_without_weights(finished, tmp_p
         back[0].model()
 
 
-def test_missing_or_tampered_results_name_the_run_and_the_command(finished, tmp_path):
-    configs, runs = finished
+def test_missing_results_name_the_run_and_the_command(finished, tmp_path):
+    configs, _ = finished
     with pytest.raises(MissingResultError, match=r"lambda=0 seed=0.*ncpaper sweep --profile demo.*ncpaper publish"):
-        load_published(configs[:1], "demo", tmp_path / "published")
-    (folder,) = publish(runs[:1], "demo", tmp_path / "published")
-    table = folder / "metrics.csv"
-    table.write_text(table.read_text().replace("0.", "1.", 1))  # one digit changed
-    with pytest.raises(MissingResultError, match="no published run"):
         load_published(configs[:1], "demo", tmp_path / "published")
     other = RunConfig.from_dict({**TINY, "weight_decay": 5e-3})
     with pytest.raises(MissingResultError, match=r"lambda=0\.005.*Train them first"):
         find_finished([other], tmp_path / "results")
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "meta.json"])
+def test_an_edited_published_file_is_named_with_its_restore_command(finished, tmp_path, name):
+    configs, runs = finished
+    (folder,) = publish(runs[:1], "demo", tmp_path / "published")
+    assert subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=folder.parent, capture_output=True).returncode == 0
+    edited = folder / name
+    edited.write_text(edited.read_text().replace("0.", "1.", 1))  # one digit changed
+    with pytest.raises(TamperedResultError) as err:
+        load_published(configs[:1], "demo", tmp_path / "published")
+    assert str(err.value) == (f"published file {edited} does not match its sha256 in {folder.parent / 'SHA256SUMS'} "
+                              f"(edited or damaged): restore it with `git checkout -- {edited}`, or republish with "
+                              "`ncpaper publish --profile demo`")
+
+
+def test_swapped_or_extra_published_folders_are_refused(finished, tmp_path):
+    configs, runs = finished
+    a, b = publish(runs, "demo", tmp_path / "published")
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    with pytest.raises(TamperedResultError, match="does not match its sha256"):
+        load_published(configs, "demo", tmp_path / "published")
+    (stale := tmp_path / "published" / "demo" / f".{a.name}.tmp4194301").mkdir()  # a killed publish
+    publish(runs, "demo", tmp_path / "published")
+    assert not stale.exists() and len(load_published(configs, "demo", tmp_path / "published")) == 2
+    extra = a.parent / "0000000000000000"
+    extra.mkdir()
+    (extra / "meta.json").write_text(json.dumps({"config": configs[0].to_dict()}))
+    with pytest.raises(TamperedResultError, match=r"0000000000000000/meta.json is not listed in .*SHA256SUMS"):
+        load_published(configs, "demo", tmp_path / "published")
+
+
+def test_the_committed_results_are_sealed():
+    """Every file under published/paper/ is in its SHA256SUMS, as `sha256sum -c` checks it."""
+    from ncpaper.published import published_dir, verify_published
+
+    folder = published_dir() / "paper"
+    verify_published(folder, "paper")
+    assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=folder).returncode == 0
 
 
 def test_publish_command(tmp_path, capsys):
