@@ -64,3 +64,50 @@ def test_missing_dataset_without_network_names_the_root(tmp_path, monkeypatch):
     assert "network is unreachable" in message and "\n" not in message
     with pytest.raises(data.DataNotFoundError, match="CIFAR-10 not found"):
         data.load("cifar10", root=tmp_path / "nowhere", download=False)
+
+
+def _mnist_copy(root, data_root, split="t10k"):
+    """A data root with a copy of one MNIST split's two IDX files (the caller damages one)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for kind in ("images-idx3", "labels-idx1"):
+        name = f"{split}-{kind}-ubyte"
+        (raw / name).write_bytes((data_root / "MNIST" / "raw" / name).read_bytes())
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:-5]),
+         r"t10k-images-idx3-ubyte is damaged \(7,840,011 bytes where its header \[10000, 28, 28\] promises "
+         r"7,840,016; truncated\?\)"),
+        (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(b""),
+         r"t10k-labels-idx1-ubyte is damaged \(0 bytes, shorter than its 8-byte header\)"),
+        (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(
+            (raw / "t10k-labels-idx1-ubyte").read_bytes()[:8 + 17] + bytes([200])
+            + (raw / "t10k-labels-idx1-ubyte").read_bytes()[8 + 18:]),
+         r"t10k-labels-idx1-ubyte is damaged \(label 200 at position 17; MNIST labels are 0-9\)"),
+    ],
+    ids=["truncated-images", "empty-labels", "label-out-of-range"],
+)
+def test_damaged_mnist_files_are_named(tmp_path, data_root, damage, message):
+    raw = _mnist_copy(tmp_path, data_root)
+    damage(raw)
+    with pytest.raises(data.DataCorruptError, match=f"^{raw}/{message}: restore it"):
+        data.load("mnist", "test", n_per_class=3, root=tmp_path)
+
+
+def test_a_truncated_cifar_tarball_is_named_and_leaves_nothing(tmp_path, data_root, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NCPAPER_CACHE", str(cache))
+    cache.mkdir()
+    dead = __import__("subprocess").Popen(["true"])
+    dead.wait()
+    stale = cache / f"cifar10-jpeg-0123456789ab.tmp{dead.pid}"  # an unpack killed midway
+    (stale / "train").mkdir(parents=True)
+    (tmp_path / "cifar10-jpeg.tar.gz").write_bytes((data_root / "cifar10-jpeg.tar.gz").read_bytes()[:300_000])
+    with pytest.raises(data.DataCorruptError, match=rf"^{tmp_path}/cifar10-jpeg.tar.gz is damaged \(EOFError: "
+                                                    r".*\): restore it"):
+        data.load("cifar10", "test", n_per_class=3, root=tmp_path)
+    assert list(cache.iterdir()) == []  # neither the stale unpack nor this one's
