@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import __version__
+from .book import page_names
 from .data import DATASETS, DataNotFoundError
 from .models import MODELS
 from .profiles import all_configs, figure_configs, load_profile, profile_names
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "pages always read published/paper/)")
     book.add_argument("--workers", type=int, default=2, help="parallel training runs before the notebooks")
     book.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, notebooks/)")
+    book.add_argument("--only", nargs="+", metavar="PAGE", choices=page_names(),
+                      help="re-execute only these pages (after one whole build) and re-render the site")
     return parser
 
 
@@ -131,7 +134,7 @@ def _book(args) -> int:
         os.environ["NCPAPER_DATA"] = args.data
     tic = time.perf_counter()
     try:
-        timings = build_book(Path(args.root), profile=args.profile, workers=args.workers)
+        timings = build_book(Path(args.root), profile=args.profile, workers=args.workers, only=args.only)
     except (NotebookFailed, RuntimeError, ValueError, DataNotFoundError) as err:
         print(f"ncpaper: book build failed: {err}", file=sys.stderr)
         return 1
