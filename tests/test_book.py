@@ -61,13 +61,17 @@ def test_glued_values_are_the_derivations_and_checks(built):
     root, _ = built
     assert number(glue(root, "setting")["etf_max_metric"]) < 1e-10
     assert number(glue(root, "setting")["noisy_nc1"]) > 0.01
+    assert number(glue(root, "setting")["group_lambda"]) == pytest.approx(2.5e-3)  # the group's setting, our units
     lemma1 = glue(root, "lemma1")
-    assert lemma1["lemma1_ratio"] == "'kappa'"
     assert number(lemma1["lemma1_max_error"]) < 1e-12
-    assert number(lemma1["lemma1_floor"]) == pytest.approx(1 / 200)
-    assert number(glue(root, "lemma2")["euler_residual"]) < 1e-10
+    assert number(lemma1["lemma1_floor"]) == pytest.approx(1 / 20)  # 1/(2C): N examples per class
+    assert number(lemma1["caveat_max_loss"]) == 0  # NC1 + NC2 features with W = kM + beta 1 mu_G^T interpolate
+    lemma2 = glue(root, "lemma2")
+    assert number(lemma2["euler_residual"]) < 1e-10
+    assert number(lemma2["balance_settled_worst"]) <= 0.05  # every layer at a critical point after settling
     theorem = glue(root, "theorem")
-    assert theorem["scale_ratio"] == theorem["norm_ratio"] == "'kappa'"
+    assert number(theorem["constructed_readout_error"]) < 1e-10
+    assert number(theorem["thm_exact_worst"]) <= 0.05
     for number_, name in ((1, "figure1_cifar10"), (2, "figure2_mnist")):
         values = glue(root, name)
         for key in ("nc1_nowd", "nc3_nowd", "nc1_ratio_1", "nc3_ratio_1", "nc1_ratio_2", "nc3_ratio_2"):
@@ -199,7 +203,9 @@ def test_pages_in_headless_chromium(served):
                 assert page.evaluate("Array.from(document.images).some(i => i.naturalWidth > 1000)")
                 assert f"{nc3:.3g}" in text
             if page_name.endswith("lemma1"):
-                assert "kappa" in text
+                assert "Lemma 1 holds when NC3 is read literally" in text
+            if page_name.endswith("theorem"):
+                assert "as stated, the theorem is vacuous" in text
             page.close()
         browser.close()
 
