@@ -195,3 +195,188 @@ def _phase_panel(ax, data: pd.DataFrame, layers: list[str], column: str, panel_t
     if log_y:
         ax.set_yscale("log")
     ax.grid(True, which="major", alpha=0.3)
+
+
+# ---- Layer by layer: NC at every hidden layer and on held-out data (the "Layer by layer" page) ----
+
+__all__ += ["figure_layers_end", "figure_layers_phase", "figure_layers_training", "figure_train_test",
+            "layer_columns"]
+
+# (key, panel title, log y-axis) of the per-layer panels; the columns are f"{key}_layer_{l}", l = 1..L-1.
+LAYER_PANELS = [
+    ("nc1", r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", True),
+    ("cdnv", "CDNV", True),
+    ("nc4", "nearest class centre ≠ network", False),
+]
+
+
+def layer_columns(table: pd.DataFrame, key: str) -> list[tuple[int, str]]:
+    """The hidden layers' columns ``f"{key}_layer_{l}"`` of ``table`` as (l, column), in layer order (columns
+    with no value at all, from deeper networks in the same table, are left out)."""
+    prefix = f"{key}_layer_"
+    return sorted((int(c[len(prefix):]), c) for c in table.columns
+                  if c.startswith(prefix) and c[len(prefix):].isdigit() and table[c].notna().any())
+
+
+def _per_layer(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """One row per (measured row, hidden layer): its ``layer`` and the ``value`` of ``key`` there (NaN dropped)."""
+    columns = layer_columns(rows, key)
+    ids = [c for c in ("run_id", "weight_decay", "seed", "epoch") if c in rows.columns]
+    long = rows.melt(id_vars=ids, value_vars=[c for _, c in columns], var_name="column", value_name="value")
+    long["layer"] = long["column"].map({c: layer for layer, c in columns})
+    return long.dropna(subset=["value"])
+
+
+def _lambda_legend(ax, values) -> None:
+    palette, markers = weight_decay_palette(values), weight_decay_styles(values)
+    ax.legend(handles=[plt.Line2D([], [], color=c, marker=markers[k], label=k) for k, c in palette.items()],
+              frameon=False, loc="best")
+
+
+def figure_layers_end(lasts: dict[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """End of training at every hidden layer (x: layer 1..L-1), one column per dataset: NC1, CDNV and the
+    fraction of training examples whose nearest class centre at that layer differs from the network's decision.
+
+    ``lasts`` maps a dataset's label to its end-of-training rows (one per run); one colour and marker per
+    lambda, bars: min-max over seeds (none with one seed).
+    """
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(len(LAYER_PANELS), len(lasts), figsize=(PAGE_WIDTH_IN, 7.4), squeeze=False,
+                                 constrained_layout=True)
+        for col, (name, last) in enumerate(lasts.items()):
+            palette, markers = weight_decay_palette(last["weight_decay"]), weight_decay_styles(last["weight_decay"])
+            for row, (key, panel_title, log_y) in enumerate(LAYER_PANELS):
+                ax = axes[row, col]
+                long = _per_layer(last, key)
+                long["weight decay"] = long["weight_decay"].map(weight_decay_label)
+                sns.lineplot(data=long, x="layer", y="value", hue="weight decay", style="weight decay", palette=palette,
+                             markers=markers, dashes=False, errorbar=("pi", 100), err_style="bars", ax=ax,
+                             legend=False, markersize=5)
+                ax.set_xticks(sorted(long["layer"].unique()))
+                ax.set(xlabel="hidden layer", ylabel="")
+                ax.set_title(f"{name}: {panel_title}", loc="left")
+                if log_y:
+                    ax.set_yscale("log")
+                ax.grid(True, which="major", alpha=0.3)
+            _lambda_legend(axes[0, col], last["weight_decay"])
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def figure_layers_phase(lasts: dict[str, pd.DataFrame], title: str = "", keys=("nc1", "cdnv")) -> plt.Figure:
+    """End-of-training NC at every hidden layer against lambda (log axis; lambda = 0 drawn apart at the left):
+    one line per layer, mean over seeds, bands min-max over seeds; one column per dataset, one row per key."""
+    panels = {key: (t, log) for key, t, log in LAYER_PANELS}
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(len(keys), len(lasts), figsize=(PAGE_WIDTH_IN, 2.7 * len(keys) + 0.4),
+                                 squeeze=False, constrained_layout=True)
+        for col, (name, last) in enumerate(lasts.items()):
+            positive = sorted(w for w in last["weight_decay"].unique() if w > 0)
+            zero_at = positive[0] / 10 if positive else 1e-6
+            for row, key in enumerate(keys):
+                ax, (panel_title, log_y) = axes[row, col], panels[key]
+                long = _per_layer(last, key)
+                long["x"] = long["weight_decay"].where(long["weight_decay"] > 0, zero_at)
+                layers = sorted(long["layer"].unique())
+                colours = dict(zip(layers, sns.color_palette("viridis", len(layers)), strict=True))
+                for layer in layers:
+                    own = long[long["layer"] == layer]
+                    label = f"layer {layer}" + (" (last hidden)" if layer == layers[-1] else "")
+                    sns.lineplot(data=own[own["weight_decay"] > 0], x="x", y="value", ax=ax, errorbar=("pi", 100),
+                                 color=colours[layer], marker="osD^v"[(layer - 1) % 5], markersize=3.5, label=label)
+                    zero = own[own["weight_decay"] == 0]["value"]
+                    if len(zero):
+                        ax.errorbar([zero_at], [zero.mean()], fmt="osD^v"[(layer - 1) % 5], color=colours[layer],
+                                    yerr=[[zero.mean() - zero.min()], [zero.max() - zero.mean()]], capsize=3)
+                ax.axvline(zero_at * 3, color="grey", linewidth=0.6)
+                ax.set(xscale="log", xlabel="λ  (left of the grey line: λ = 0)", ylabel="")
+                ax.set_title(f"{name}: {panel_title}", loc="left")
+                if log_y:
+                    ax.set_yscale("log")
+                ax.grid(True, which="major", alpha=0.3)
+                ax.legend(frameon=False)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def figure_layers_training(tables: dict[str, pd.DataFrame], title: str = "", key: str = "nc1") -> plt.Figure:
+    """Small multiples: ``key`` at each hidden layer against epoch (log axes), one row per dataset and one panel per
+    layer (the same y-axis along a row), one colour and marker per lambda. Training rows only."""
+    from .analysis import training_rows
+
+    depth = max(len(layer_columns(t, key)) for t in tables.values())
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(len(tables), depth, figsize=(PAGE_WIDTH_IN, 2.5 * len(tables) + 0.5), squeeze=False,
+                                 sharey="row", constrained_layout=True)
+        for row, (name, table) in enumerate(tables.items()):
+            data = training_rows(table)
+            data = data[data["epoch"] > 0].copy()
+            data["weight decay"] = data["weight_decay"].map(weight_decay_label)
+            palette, markers = weight_decay_palette(data["weight_decay"]), weight_decay_styles(data["weight_decay"])
+            columns = layer_columns(data, key)
+            for k in range(depth):
+                ax = axes[row, k]
+                if k >= len(columns):
+                    ax.set_axis_off()
+                    continue
+                layer, column = columns[k]
+                sns.lineplot(data=data, x="epoch", y=column, hue="weight decay", style="weight decay",
+                             palette=palette, markers=markers, dashes=False, errorbar=("pi", 100), ax=ax,
+                             legend=False, markersize=3, markeredgewidth=0)
+                ax.set(xscale="log", yscale="log", xlabel="epoch", ylabel=key.upper() if k == 0 else "")
+                last = " (last hidden)" if k == len(columns) - 1 else ""
+                ax.set_title(f"{name}: layer {layer}{last}", loc="left")
+                ax.grid(True, which="major", alpha=0.3)
+            _lambda_legend(axes[row, 0], data["weight_decay"])
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+# (training column, test column, panel title, log y-axis) of the held-out panels
+TRAIN_TEST_PANELS = [
+    ("nc1", "test_nc1", "NC1", True),
+    ("cdnv", "test_cdnv", "CDNV", True),
+    ("nc4", "test_nc4", "NC4: nearest class centre ≠ network", False),
+    ("train_error", "test_error", "error", False),
+]
+
+
+def figure_train_test(tables: dict[str, pd.DataFrame], title: str = "") -> plt.Figure:
+    """NC on the training set (solid) beside NC on the test set with its own class means (dashed), against epoch,
+    one column per dataset, one colour and marker per lambda. The last row adds, dotted, the test error of the
+    nearest-class-centre rule built from the training means. Training rows only."""
+    from .analysis import training_rows
+
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(len(TRAIN_TEST_PANELS), len(tables), figsize=(PAGE_WIDTH_IN, 9.6), squeeze=False,
+                                 constrained_layout=True)
+        for col, (name, table) in enumerate(tables.items()):
+            data = training_rows(table)
+            data = data[data["epoch"] > 0].copy()
+            data["weight decay"] = data["weight_decay"].map(weight_decay_label)
+            palette, markers = weight_decay_palette(data["weight_decay"]), weight_decay_styles(data["weight_decay"])
+            for row, (train_column, test_column, panel_title, log_y) in enumerate(TRAIN_TEST_PANELS):
+                ax = axes[row, col]
+                lines = [(train_column, "-"), (test_column, "--")]
+                if train_column == "train_error":
+                    lines.append(("test_ncc_error", ":"))
+                for column, linestyle in lines:
+                    sns.lineplot(data=data, x="epoch", y=column, hue="weight decay", style="weight decay",
+                                 palette=palette, markers=markers, dashes=False, errorbar=("pi", 100), ax=ax,
+                                 legend=False, linestyle=linestyle, markersize=3, markeredgewidth=0)
+                ax.set(xscale="log", xlabel="epoch", ylabel="")
+                ax.set_title(f"{name}: {panel_title}", loc="left")
+                if log_y:
+                    ax.set_yscale("log")
+                ax.grid(True, which="major", alpha=0.3)
+            _lambda_legend(axes[0, col], data["weight_decay"])
+        handles = [plt.Line2D([], [], color="grey", label="training set"),
+                   plt.Line2D([], [], color="grey", linestyle="--", label="test set (its own class means)"),
+                   plt.Line2D([], [], color="grey", linestyle=":", label="test, nearest training class centre")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+        if title:
+            fig.suptitle(title)
+    return fig

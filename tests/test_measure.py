@@ -211,3 +211,20 @@ def test_convnet_layers_are_the_pooled_stages_and_the_fully_connected_layer():
         stage_1 = model.body[:3](train.x).flatten(1)  # conv, ReLU, max pool: what the second conv sees
     assert row["nc1_layer_1"] == pytest.approx(neural_collapse(stage_1, train.y, torch.eye(C, 64))["nc1"], rel=1e-9)
     assert all(math.isfinite(row[k]) for k in row if k.startswith(("nc1", "cdnv", "test_")))
+
+
+def test_layer_columns_and_the_layer_figures_read_the_measured_rows():
+    import pandas as pd
+
+    from ncpaper.plots import figure_layers_end, figure_layers_training, figure_train_test, layer_columns
+
+    train = noisy_split()
+    rows = []
+    for wd, seed in [(0.0, 0), (1e-2, 0), (0.0, 1)]:
+        row = measure(random_network(seed=seed), train, train, weight_decay=wd)
+        rows.append({"run_id": f"{wd}-{seed}", "weight_decay": wd, "seed": seed, "epoch": 1, "phase": "train", **row})
+    table = pd.DataFrame(rows).assign(nc1_layer_9=math.nan)  # a deeper network's column, empty here
+    assert layer_columns(table, "nc1") == [(1, "nc1_layer_1"), (2, "nc1_layer_2"), (3, "nc1_layer_3")]
+    for fig in (figure_layers_end({"a": table, "b": table}), figure_layers_training({"a": table}),
+                figure_train_test({"a": table})):
+        assert all(ax.has_data() for ax in fig.axes if ax.axison)
