@@ -95,7 +95,8 @@ def _forward(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every hidden layer's features (float64) and the outputs f (float64); raises if any is not finite."""
     layers = model.layer_features(x)
     f = model.classifier(layers[-1]).double()
-    if not (all(torch.isfinite(h).all() for h in layers) and torch.isfinite(f).all()):
+    # one reduction per tensor: a NaN or an infinity anywhere makes the float64 sum non-finite
+    if not all(math.isfinite(t.sum(dtype=torch.float64).item()) for t in [*layers, f]):
         raise TrainingDivergedError("features or outputs became NaN or infinite")
     return [h.double() for h in layers], f
 

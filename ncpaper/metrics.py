@@ -29,6 +29,7 @@ and the nearest-class-centre counts (NC4) are taken in the same pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -97,7 +98,8 @@ def _as_tensor(x, name: str, dtype=_F64) -> torch.Tensor:
 def _check_features(features: torch.Tensor) -> None:
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D (N x p) array, got shape {tuple(features.shape)}")
-    if not torch.isfinite(features).all():
+    # one reduction, no temporary: a NaN or an infinity anywhere makes the float64 sum non-finite
+    if not math.isfinite(features.sum(dtype=_F64).item()):
         bad = (~torch.isfinite(features)).any(dim=1).sum().item()
         raise ValueError(f"features contain NaN or infinite values ({bad} rows); "
                          "the network has diverged or the input is corrupt")
@@ -346,6 +348,7 @@ def neural_collapse_streaming(batches: Callable[[], Iterable], weights, num_clas
     span = SpanScatter(stats)
     mismatches = 0
     for h, y in batches():
+        h = _as_tensor(h, "features").to(stats.means.device)  # float64 once for both uses
         span.update(h, y)
         mismatches += count_ncc_mismatches(h, weights, stats.means)
     return neural_collapse_from_statistics(stats, span, weights, mismatches)
