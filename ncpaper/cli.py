@@ -38,9 +38,9 @@ def _locations(parser: argparse.ArgumentParser, top: bool = False) -> None:
     parser.add_argument("--data", default=default, help="data root (unset: $NCPAPER_DATA or ./data)")
 
 
-def _threads(parser: argparse.ArgumentParser, default_help: str) -> None:
-    parser.add_argument("--threads", type=int, help="torch threads per run; part of each run's cache key (1 and 2 "
-                        f"threads give different last bits). Unset: {default_help}")
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="torch threads per run, part of its cache key (1 and 2 threads "
+                        "give different last bits); more is faster for one big run. Unset: $NCPAPER_THREADS or 1")
 
 
 def _sizes(args) -> dict:
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_settings(train)
     train.add_argument("--weight-decay", type=float, default=0.0, help="the slides' lambda")
     train.add_argument("--seed", type=int, default=0, help="initialisation, subset and batch order")
-    _threads(train, "torch's default (the usable cores, or OMP_NUM_THREADS)")
+    _threads(train)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sweep = commands.add_parser("sweep", help="run a profile's figures, or a weight-decay x seed grid")
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", type=int, nargs="*", default=[0], help="one run per seed and lambda")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
-    _threads(sweep, "torch's default with one worker, the cores divided among --workers, 1 on a --scheduler")
+    _threads(sweep)
 
     publish = commands.add_parser("publish", help="copy a profile's finished runs (tables, metadata) into published/")
     _locations(publish)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             configs = [_config(args, args.weight_decay, args.seed)]
-            workers, scheduler = 1, None  # threads: unset is this process's torch setting
+            workers, scheduler = 1, None
         else:
             if args.profile:
                 device = None if args.device == RunConfig().device else args.device  # else the profile's

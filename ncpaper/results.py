@@ -39,8 +39,8 @@ from . import __version__
 from . import data as data_module
 from .train import RunConfig, TrainingDivergedError, TrainingState, fit, measurement_epochs
 
-__all__ = ["SCHEMA_VERSION", "DiskFullError", "ResultsFolderError", "Run", "collect", "config_key", "load_run",
-           "results_dir", "run_or_load"]
+__all__ = ["SCHEMA_VERSION", "DiskFullError", "ResultsFolderError", "Run", "collect", "config_key",
+           "default_threads", "load_run", "results_dir", "run_or_load"]
 
 SCHEMA_VERSION = 2
 # Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers.
@@ -82,14 +82,22 @@ def results_dir(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("NCPAPER_RESULTS") or "results").expanduser()
 
 
+def default_threads() -> int:
+    """torch threads a run trains with unless asked: $NCPAPER_THREADS, else 1."""
+    value = os.environ.get("NCPAPER_THREADS") or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"NCPAPER_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def config_key(config: RunConfig, data_checksums: dict, threads: int | None = None) -> str:
     """sha256 of the config, the exact pixels, the format and metrics versions and the thread count.
 
-    ``threads``: torch's intra-op threads during training (default: the current setting); they
+    ``threads``: torch's intra-op threads during training (default: :func:`default_threads`); they
     change the order of float reductions, so 1 and 2 threads are two different runs.
     """
     payload = {"config": config.to_dict(), "data": data_checksums, "schema": SCHEMA_VERSION,
-               "metrics_version": METRICS_VERSION, "threads": int(threads or torch.get_num_threads())}
+               "metrics_version": METRICS_VERSION, "threads": int(threads or default_threads())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -405,12 +413,12 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
                 threads: int | None = None) -> Run:
     """Return the cached run for ``config``, training (or resuming) it first if needed.
 
-    ``threads``: torch's intra-op threads for training (default: the current setting); part of
-    the key, and set for the training only.
+    ``threads``: torch's intra-op threads for training (default: :func:`default_threads`); part
+    of the key, and set for the training only.
     """
     config = config.validated()
     if threads is None:
-        threads = torch.get_num_threads()
+        threads = default_threads()
     if int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     _check_device(config.device)

@@ -3,7 +3,8 @@
 Each run goes through :func:`ncpaper.results.run_or_load`, so finished runs are read from the
 cache, a restarted sweep only trains what is missing, and the file lock keeps two overlapping
 sweeps from training the same run twice at once. Dask supplies the scheduling and the retries.
-A run's thread count is part of its key: a sweep's reruns use the same counts, so they hit the cache.
+A run's thread count is part of its key: every run uses ``threads`` (default 1, or $NCPAPER_THREADS)
+wherever it runs, so the CLI, the Dask workers and the notebooks all find the same runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .results import Run, results_dir, run_or_load
+from .results import Run, default_threads, results_dir, run_or_load
 from .train import RunConfig
 
 __all__ = ["SweepError", "local_cluster", "run_sweep"]
@@ -36,8 +37,7 @@ def run_sweep(configs: list[RunConfig], workers: int = 1, scheduler: str | None 
     ``workers=1`` and no ``scheduler``: one after another in this process. ``workers>1``: a Dask
     ``LocalCluster`` of that many single-threaded processes. ``scheduler``: the address of a
     running Dask scheduler (a SLURM cluster through dask-jobqueue, for instance). ``threads``:
-    torch threads per run (part of each run's key); default: this process's setting when
-    sequential, the cores divided among the workers on a local cluster, 1 on a scheduler.
+    torch threads per run, part of each run's key (default: :func:`~ncpaper.results.default_threads`).
     """
     configs = [c.validated() for c in configs]
     if not configs:
@@ -46,7 +46,8 @@ def run_sweep(configs: list[RunConfig], workers: int = 1, scheduler: str | None 
     data = str(Path(data_root).resolve()) if data_root else os.environ.get("NCPAPER_DATA")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if threads is not None and (int(threads) != threads or threads < 1):
+    threads = default_threads() if threads is None else threads
+    if int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if workers == 1 and scheduler is None:
         from tqdm import tqdm
@@ -90,11 +91,9 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress, threads) -> 
     cluster = None
     try:
         if scheduler is None:
-            threads = threads or max(1, (os.cpu_count() or 1) // workers)
             cluster = local_cluster(workers)
             client = Client(cluster)
         else:
-            threads = threads or 1
             try:
                 client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as err:

@@ -17,6 +17,13 @@ TINY = {"dataset": "mnist", "sizes": {"widths": [16, 16]}, "n_per_class": 4, "n_
         "epochs": 10, "lr": 0.1, "batch_size": 16, "n_measurements": 4}
 
 
+def assert_same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal tables, wall-clock columns (``*_seconds``) aside: they time a run, they are not its numbers."""
+    def numbers(t):
+        return t.drop(columns=[c for c in t.columns if c.endswith("_seconds")])
+    pd.testing.assert_frame_equal(numbers(a), numbers(b))
+
+
 def count_fits(monkeypatch):
     calls = []
     real = train.fit
@@ -35,7 +42,7 @@ def test_second_call_reads_the_cache(tmp_path, monkeypatch):
     first = results.run_or_load(config, tmp_path)
     second = results.run_or_load(config, tmp_path)
     assert len(calls) == 1
-    pd.testing.assert_frame_equal(first.table, second.table)
+    assert_same_numbers(first.table, second.table)
     meta = second.meta
     assert meta["config"] == config.to_dict() and meta["data_source"].startswith("MNIST")
     assert meta["data"]["train"]["pixels_sha256"] and meta["versions"]["torch"]
@@ -65,7 +72,7 @@ def test_damaged_results_are_recomputed_never_read(tmp_path, monkeypatch, damage
     assert results.load_run(good.path) is None
     again = results.run_or_load(config, tmp_path)
     assert len(calls) == 2
-    pd.testing.assert_frame_equal(good.table, again.table)
+    assert_same_numbers(good.table, again.table)
 
 
 def _cli(tmp_path, *extra):
@@ -98,7 +105,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path):
     straight = results.load_run(straight_folder)
     assert resumed.meta["timings"]["resumed_from_epoch"] == saved["state"]["epoch"]
     assert not (folder / "checkpoint.pt").exists()
-    pd.testing.assert_frame_equal(resumed.table, straight.table)
+    assert_same_numbers(resumed.table, straight.table)
 
 
 def test_two_processes_train_the_same_run_once(tmp_path):
@@ -151,7 +158,17 @@ def test_thread_count_is_in_the_key_and_the_metadata(tmp_path, monkeypatch):
     assert "same CPU model" in one.meta["reproducibility"] and one.meta["device"].endswith(", 1 threads")
     again = results.run_or_load(config, tmp_path, threads=1)
     assert again.path == one.path and len(calls) == 2
-    pd.testing.assert_frame_equal(again.table, one.table)
+    assert_same_numbers(again.table, one.table)
+
+
+def test_runs_use_one_thread_unless_asked(tmp_path, monkeypatch):
+    config = RunConfig.from_dict(TINY)
+    assert results.run_or_load(config, tmp_path).meta["threads"] == 1
+    monkeypatch.setenv("NCPAPER_THREADS", "2")
+    assert results.run_or_load(config, tmp_path).meta["threads"] == 2
+    monkeypatch.setenv("NCPAPER_THREADS", "all")
+    with pytest.raises(ValueError, match=r"^NCPAPER_THREADS must be a positive integer, got 'all'$"):
+        results.run_or_load(config, tmp_path)
 
 
 def test_a_folder_holding_another_configs_run_is_recomputed(tmp_path, monkeypatch):
@@ -165,7 +182,7 @@ def test_a_folder_holding_another_configs_run_is_recomputed(tmp_path, monkeypatc
     assert results.load_run(run_a.path) is None
     again = results.run_or_load(a, tmp_path)
     assert len(calls) == 3 and again.meta["config"]["weight_decay"] == 0.0
-    pd.testing.assert_frame_equal(again.table, run_a.table)
+    assert_same_numbers(again.table, run_a.table)
 
 
 def test_a_meta_whose_config_was_edited_is_not_served(tmp_path, monkeypatch):
@@ -177,7 +194,7 @@ def test_a_meta_whose_config_was_edited_is_not_served(tmp_path, monkeypatch):
     (good.path / "meta.json").write_text(json.dumps(meta))
     again = results.run_or_load(config, tmp_path)
     assert len(calls) == 2 and again.meta["config"] == config.to_dict()
-    pd.testing.assert_frame_equal(again.table, good.table)
+    assert_same_numbers(again.table, good.table)
 
 
 @pytest.mark.parametrize("meta", ["null", "[1, 2]", '"hello"', "42", "FILES-LIST"])
@@ -191,7 +208,7 @@ def test_a_meta_that_is_json_but_not_a_run_is_recomputed(tmp_path, monkeypatch, 
     assert results.load_run(good.path) is None
     again = results.run_or_load(config, tmp_path)
     assert len(calls) == 2
-    pd.testing.assert_frame_equal(again.table, good.table)
+    assert_same_numbers(again.table, good.table)
 
 
 class _Payload:
@@ -217,7 +234,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path, monk
     err = capsys.readouterr().err
     assert f"ncpaper: ignoring unreadable checkpoint {good.path / 'checkpoint.pt'} (UnpicklingError" in err
     assert again.meta["timings"]["resumed_from_epoch"] is None
-    pd.testing.assert_frame_equal(again.table, good.table)
+    assert_same_numbers(again.table, good.table)
 
 
 def test_a_full_disk_stops_the_checkpoints_not_the_run(tmp_path, monkeypatch, capsys):
@@ -241,7 +258,7 @@ def test_a_full_disk_stops_the_checkpoints_not_the_run(tmp_path, monkeypatch, ca
     assert len(saved) == 2 and "\n" not in err
     assert err.startswith(f"ncpaper: no space left on {run.path}: need ~{saved[1] / 1e6:.3g} MB for checkpoint.pt")
     assert err.endswith("training goes on without new checkpoints (the checkpoint of epoch 2 stays)")
-    pd.testing.assert_frame_equal(run.table.drop(columns="run_id"), reference.table.drop(columns="run_id"))
+    assert_same_numbers(run.table.drop(columns="run_id"), reference.table.drop(columns="run_id"))
     assert not list(run.path.glob(".*.tmp*")) and not (run.path / "checkpoint.pt").exists()
 
 

@@ -12,12 +12,29 @@ TINY = {"dataset": "mnist", "sizes": {"widths": [16]}, "n_per_class": 4, "n_test
 GRID = [RunConfig.from_dict({**TINY, "weight_decay": wd, "seed": s}) for wd in (0.0, 1e-3) for s in (0, 1)]
 
 
+def assert_same_numbers(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal tables, wall-clock columns (``*_seconds``) aside: they time a run, they are not its numbers."""
+    def numbers(t):
+        return t.drop(columns=[c for c in t.columns if c.endswith("_seconds")])
+    pd.testing.assert_frame_equal(numbers(a), numbers(b))
+
+
 def test_local_cluster_matches_sequential(tmp_path):
     sequential = run_sweep(GRID, workers=1, results=tmp_path / "a", progress=False)
     parallel = run_sweep(GRID, workers=2, results=tmp_path / "b", progress=False)
     assert [r.config for r in parallel] == GRID
     for a, b in zip(sequential, parallel, strict=True):
-        pd.testing.assert_frame_equal(a.table, b.table)
+        assert_same_numbers(a.table, b.table)
+
+
+def test_a_rerun_of_the_same_sweep_hits_the_cache(tmp_path, monkeypatch):
+    """The book trains on Dask workers, its notebooks ask in-process: both mean the same runs (1 thread each)."""
+    first = run_sweep(GRID[:2], workers=2, results=tmp_path, progress=False)
+    assert [r.meta["threads"] for r in first] == [1, 1]
+    trained = []
+    monkeypatch.setattr(results, "fit", lambda *a, **k: trained.append(1))
+    again = run_sweep(GRID[:2], results=tmp_path, progress=False)  # as a notebook asks
+    assert trained == [] and [r.path for r in again] == [r.path for r in first]
 
 
 def test_restarted_sweep_trains_only_the_missing_runs(tmp_path, monkeypatch):
