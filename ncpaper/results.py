@@ -9,7 +9,8 @@ recomputed. A file lock keeps two processes from training the same run at once; 
 
 The cache never lies: a run's numbers are a function of its key, which covers the config, the
 pixels, the format versions and the intra-op thread count it trains with (threads change float
-reduction orders). A folder is served only if its ``meta.json`` is an object whose key is the
+reduction orders; 1 unless asked, so the CLI, Dask workers and notebooks find the same runs and
+concurrent runs do not share cores). A folder is served only if its ``meta.json`` is an object whose key is the
 folder's name, whose config is the one asked for and whose files match their sha256; anything
 else is recomputed. Bitwise: same key on the same CPU model and library versions gives the same
 numbers; another CPU model or BLAS build may differ in the last bits.
@@ -51,9 +52,9 @@ RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.js
 CHECKPOINT_SECONDS = float(os.environ.get("NCPAPER_CHECKPOINT_SECONDS") or 300)
 # Runs expected to take longer than this say so (and how long) after their first epoch.
 ANNOUNCE_SECONDS = 3600
-REPRODUCIBILITY = ("bitwise identical numbers for the same key on the same CPU model (or GPU) with the same "
-                   "library versions and thread count (both in the key or the metadata); another CPU model or "
-                   "BLAS build may differ in the last bits")
+REPRODUCIBILITY = ("bitwise identical measurements for the same key (thread count included) on the same CPU "
+                   "model or GPU with the same library versions (both in this file); another CPU model or BLAS "
+                   "build may differ in the last bits")
 
 
 class ResultsFolderError(ValueError):
