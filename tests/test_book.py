@@ -103,7 +103,7 @@ def test_full_scale_pages_show_the_published_runs_or_say_they_are_not_published(
         try:
             runs = load_published(figure_configs("paper", figure), "paper")
         except MissingResultError:
-            assert values["missing"].strip("'").startswith("**Not yet published.**")
+            assert values["missing"].strip("'\"").startswith("**Not yet published.**")
             assert "Not yet published." in page and f"ncpaper sweep --profile paper --figure {figure}" in page
             continue
         assert values["data_source"].strip("'").startswith(source) and "'paper'" in values["caption"]
