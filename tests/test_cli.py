@@ -182,6 +182,7 @@ def test_damaged_data_files_are_named(tmp_path, capsys, data_root):
 
 def test_a_sweep_whose_worker_keeps_dying(tmp_path, capsys, monkeypatch):
     import dask
+    import distributed  # noqa: F401  (loads its config first: set() would otherwise drop the whole section on exit)
 
     from ncpaper import sweep
 
