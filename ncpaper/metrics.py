@@ -165,7 +165,8 @@ class ClassStatistics:
         sums = torch.zeros_like(self.means).index_add_(0, y, h)
         m_b = sums / n_b.clamp(min=1).unsqueeze(1)
         centred = h - m_b[y]
-        batch_squares = torch.zeros_like(self.sum_squares).index_add_(0, y, (centred * centred).sum(1))
+        batch_squares = torch.zeros_like(self.sum_squares).index_add_(0, y, torch.linalg.vector_norm(centred, dim=1)
+                                                                       .square())
         n_a = self.counts
         total = n_a + n_b
         delta = m_b - self.means
@@ -229,8 +230,12 @@ class SpanScatter:
         _check_features(h)
         y = _check_labels(_as_tensor(labels, "labels", dtype=None).to(h.device), h.shape[0],
                           self.stats.num_classes)
+        return self._add(h, y)
+
+    def _add(self, h: torch.Tensor, y: torch.Tensor) -> SpanScatter:
+        """``update`` on float64 features and labels already checked."""
         projected = (h - self.stats.means[y]) @ self.basis
-        self.projected_squares += (projected * projected).sum(0)
+        self.projected_squares += projected.square().sum(0)
         return self
 
     def nc1(self) -> float:
@@ -286,8 +291,16 @@ def nearest_class_centre(features, means) -> torch.Tensor:
 def count_ncc_mismatches(features, weights, means) -> int:
     """Number of rows where argmax_c (W h)_c differs from the nearest class mean argmin_c ||h - mu_c||."""
     h = _as_tensor(features, "features")
-    w = _as_tensor(weights, "weights").to(h.device)
-    return int(((h @ w.T).argmax(1) != nearest_class_centre(h, means)).sum().item())
+    _check_features(h)
+    return _count_mismatches(h, _as_tensor(weights, "weights").to(h.device), _as_tensor(means, "means").to(h.device))
+
+
+def _count_mismatches(h: torch.Tensor, w: torch.Tensor, mu: torch.Tensor) -> int:
+    """:func:`count_ncc_mismatches` on checked float64 tensors: one product with the C + C rows of W and M."""
+    scores = h @ torch.cat([w, mu]).T
+    c = w.shape[0]
+    ncc = ((mu * mu).sum(1) - 2 * scores[:, c:]).argmin(1)
+    return int((scores[:, :c].argmax(1) != ncc).sum().item())
 
 
 def means_collapse(stats: ClassStatistics, span: SpanScatter) -> dict[str, float]:
@@ -346,12 +359,16 @@ def neural_collapse_streaming(batches: Callable[[], Iterable], weights, num_clas
         stats.update(h, y)
     stats.check_complete()
     span = SpanScatter(stats)
+    w = _as_tensor(weights, "weights").to(stats.means.device)
+    _check_weights(w, num_classes, dim)
     mismatches = 0
     for h, y in batches():
-        h = _as_tensor(h, "features").to(stats.means.device)  # float64 once for both uses
-        span.update(h, y)
-        mismatches += count_ncc_mismatches(h, weights, stats.means)
-    return neural_collapse_from_statistics(stats, span, weights, mismatches)
+        h = _as_tensor(h, "features").to(stats.means.device)  # float64 and checked once for both uses
+        _check_features(h)
+        y = _check_labels(_as_tensor(y, "labels", dtype=None).to(h.device), h.shape[0], num_classes)
+        span._add(h, y)
+        mismatches += _count_mismatches(h, w, stats.means)
+    return neural_collapse_from_statistics(stats, span, w, mismatches)
 
 
 def centred_classifier_collapse(weights, centred_means) -> dict[str, float]:
