@@ -101,7 +101,9 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -
             # the notebooks' progress bars (stderr) go to this log, not to the page
             pm.execute_notebook(str(staged), str(out_dir / f"{name}.ipynb"), cwd=str(root),
                                 parameters={"profile": profile, **params}, kernel_name="python3",
-                                progress_bar=False, stderr_file=sys.stderr)
+                                progress_bar=False, stderr_file=sys.stderr,
+                                # ipykernel's "Kernel is running over TCP" warning, once per page, is noise here
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook notebooks/{source} (as {name}) failed in cell {err.exec_count}: "
                                  f"{err.ename}: {err.evalue}") from None
