@@ -45,7 +45,7 @@ __all__ = ["SCHEMA_VERSION", "DiskFullError", "ResultsFolderError", "Run", "coll
 
 SCHEMA_VERSION = 2
 # Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers.
-METRICS_VERSION = 2
+METRICS_VERSION = 3
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.json")
 # A checkpoint at least this often (seconds of wall time), besides every tenth of the epochs.
