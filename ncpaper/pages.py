@@ -27,8 +27,8 @@ import yaml
 from . import __version__
 
 __all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "PhasePage", "bibtex_from_citation", "citation",
-           "code_commit", "figure_page", "figures_dir", "phase_page", "readable_columns", "reproduce_runs",
-           "show", "table", "table_html", "verdict_sentence"]
+           "code_commit", "figure_page", "figures_dir", "phase_page", "pilot_table", "readable_columns",
+           "reproduce_runs", "show", "table", "table_html", "verdict_sentence"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -619,3 +619,24 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
                      "images/s (median)": timings["images_per_second"].median(), "device": prov["device"][0],
                      "commits": ", ".join(sorted(set(prov["commit"]))), "created": prov["finished (UTC)"].max()})
     return pd.DataFrame(rows), choices, missing
+
+
+PILOTS_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "pilots-h100.csv"
+
+
+def pilot_table(path: Path = PILOTS_CSV) -> pd.DataFrame:
+    """The full-scale pilots (benchmarks/pilot_terminal_phase.py), float32 rows, with our terminal-phase criterion.
+
+    Adds the lambda = 0 over lambda ratios of NC1 and the centred NC3 (same dataset and width) and ``meets it``:
+    training error <= 0.2% and both ratios >= 5 (our criterion, not the paper's).
+    """
+    pilots = pd.read_csv(path)
+    pilots = pilots[pilots["precision"] == "float32"].copy()
+    base = pilots[pilots["lambda"] == 0].set_index(["dataset", "width"])
+    keys = list(zip(pilots["dataset"], pilots["width"], strict=True))
+    pilots["NC1 ratio"] = [base.loc[k, "nc1"] / v for k, v in zip(keys, pilots["nc1"], strict=True)]
+    pilots["NC3 ratio"] = [base.loc[k, "nc3_centred"] / v for k, v in zip(keys, pilots["nc3_centred"], strict=True)]
+    pilots["meets it"] = ((pilots["lambda"] > 0) & (pilots["train_error"] <= 0.002) & (pilots["NC1 ratio"] >= 5)
+                          & (pilots["NC3 ratio"] >= 5))
+    return pilots[["dataset", "width", "lambda", "train_error", "test_error", "nc1", "NC1 ratio", "nc3_centred",
+                   "NC3 ratio", "meets it", "device"]].reset_index(drop=True)
