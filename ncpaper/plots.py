@@ -107,7 +107,8 @@ def runs_provenance(runs, profile: str, figure) -> dict:
     from . import __version__
     from .results import _git_state
 
-    return {"figure": figure, "profile": profile, "data_source": runs[0].meta["data_source"],
+    return {"figure": figure, "profile": profile,
+            "data_source": "; ".join(sorted({r.meta["data_source"] for r in runs})),
             "plotted_at_commit": _git_state(), "ncpaper_version": __version__,
             "runs": [{"key": r.meta["key"], "git": r.meta.get("git")} for r in runs],
             "licence": "figure: CC-BY-4.0 (LICENSE-content); code: MIT (LICENSE)"}
