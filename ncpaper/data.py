@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 __all__ = ["DATASETS", "DataCorruptError", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root",
-           "load"]
+           "load", "process_alive"]
 
 # Per-channel normalisation constants of the official training sets.
 _NORMALISATION = {
@@ -165,7 +165,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (the owner of a temporary file or a training registration)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -179,7 +180,7 @@ def _remove_stale_unpacks(cache: Path) -> None:
     """``cifar10-jpeg-<hash>.tmp<pid>`` folders of unpacks whose process is gone."""
     for tmp in cache.glob("cifar10-jpeg-*.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[1]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and process_alive(int(pid))):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -315,16 +315,6 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class _Registered:
     """Marks this process as training with ``threads`` threads (``<cache>/training/<pid>.json``).
 
@@ -343,7 +333,7 @@ class _Registered:
                 pid = int(file.stem)
                 if pid == os.getpid():
                     continue
-                if not _alive(pid):
+                if not data_module.process_alive(pid):
                     file.unlink(missing_ok=True)
                     continue
                 found.append({"pid": pid, **json.loads(file.read_text())})
