@@ -33,8 +33,8 @@ def grid(scale: str) -> list[tuple[str, dict]]:
                     runs.append((f"pilot-{dataset}-w{width}-l{wd:g}",
                                  {**BASE, "dataset": dataset, "sizes": {"widths": [width] * 3}, "n_per_class": 1000,
                                   "n_test_per_class": 500, "weight_decay": wd, "lr": lr, "epochs": 200}))
-        runs.append(("pilot-cifar10-w2048-l0.003-bf16",
-                     {**dict(runs[6][1]), "precision": "bfloat16"}))
+        fp32 = dict(runs)["pilot-cifar10-w2048-l0.003"]
+        runs.append(("pilot-cifar10-w2048-l0.003-bf16", {**fp32, "precision": "bfloat16"}))
     if scale in ("full", "all"):
         for dataset, lr, n, n_test in (("cifar10", 0.005, 5000, 1000), ("mnist", 0.01, 5421, 892)):
             for wd in (0.0, 1e-3, 3e-3):

@@ -32,7 +32,7 @@ import torch
 
 from .models import weight_matrices
 
-__all__ = ["Settled", "balance_ratios", "readout_decomposition", "settle", "stationarity"]
+__all__ = ["Settled", "readout_decomposition", "settle", "stationarity"]
 
 _F64 = torch.float64
 
@@ -68,13 +68,6 @@ def _fit_and_loss(f: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(1/NC) sum <y - f, f> and the data term (1/2NC) sum ||y - f||^2, both float64."""
     r = y - f
     return float((r * f).sum(1).mean()), float(r.pow(2).sum(1).mean() / 2)
-
-
-def balance_ratios(model, x: torch.Tensor, y_onehot: torch.Tensor, weight_decay: float) -> list[float]:
-    """lambda ||W_l||_F^2 / ((1/NC) sum_i <y_i - f_i, f_i>) for every layer l (1 at a critical point)."""
-    _, f = _features_and_outputs(model, x)
-    fit, _ = _fit_and_loss(f, y_onehot)
-    return [weight_decay * float(w.detach().to(_F64).pow(2).sum()) / fit for _, w in weight_matrices(model)]
 
 
 @torch.no_grad()

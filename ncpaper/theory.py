@@ -13,6 +13,7 @@ closed forms hold as printed (derived below; :mod:`tests.test_theory` checks eac
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ def collapsed_outputs(c: int, a) -> sp.Matrix:
     return (a * c / (c - 1)) * (sp.eye(c) - sp.ones(c, c) / c)
 
 
+@functools.cache  # pure: derived once per process
 def derive_lemma1() -> Lemma1:
     """Loss of a Neural-Collapse solution with lambda = 0 and W proportional to the centred means.
 
@@ -110,6 +112,7 @@ def interpolating_collapsed_solution(num_classes: int, dim: int | None = None) -
             "global_mean": mu_global, "k": 1.0, "beta": 1.0}
 
 
+@functools.cache  # pure: derived once per process
 def derive_balance_identity() -> sp.Expr:
     """Lemma 2 under symmetric quasi-interpolation: lambda ||W_l||^2 = eps - C eps^2/(C-1).
 
@@ -161,6 +164,7 @@ class Theorem:
     slides_row_norm_sq: sp.Expr  # (eps - C eps^2/(C-1)) / (C lambda), as printed
 
 
+@functools.cache  # pure: derived once per process
 def derive_theorem() -> Theorem:
     """Closed forms at a critical point that symmetrically quasi-interpolates (as the slides state it)."""
     k, beta = _coefficients(_readout_row(eps, -eps / (C - 1)))
@@ -187,6 +191,7 @@ class TwoParameterTheorem:
     output_sum_from_readout: sp.Expr  # sum_c f_c(x) = C beta <mu_G, h(x)>, averaged over the examples
 
 
+@functools.cache  # pure: derived once per process
 def derive_two_parameter_theorem() -> TwoParameterTheorem:
     """The theorem with off-class output delta free; the slides' case is delta = eps/(C-1), i.e. beta = 0.
 

@@ -7,7 +7,15 @@ import torch
 
 from ncpaper import settle as settle_module
 from ncpaper.models import make_model, weight_matrices
-from ncpaper.settle import balance_ratios, readout_decomposition, settle, stationarity
+from ncpaper.settle import readout_decomposition, settle, stationarity
+
+
+def balance_ratios(model, x, y_onehot, weight_decay):
+    """lambda ||W_l||_F^2 / ((1/NC) sum <y - f, f>) for every layer l, computed directly in float64."""
+    with torch.no_grad():
+        f = model(x)
+        fit = float(((y_onehot - f) * f).sum(1).mean())
+    return [weight_decay * float(w.detach().pow(2).sum()) / fit for _, w in weight_matrices(model)]
 
 
 def small_problem(model_name="mlp"):
