@@ -206,6 +206,7 @@ def load_run(path: Path, key: str | None = None) -> Run | None:
 
 
 def _git_state() -> dict:
+    """The checkout's commit and whether tracked files differ from it; without git, $NCPAPER_COMMIT."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -213,8 +214,8 @@ def _git_state() -> dict:
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+    except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (a rented GPU, say)
+        return {"commit": os.environ.get("NCPAPER_COMMIT"), "dirty": None}
 
 
 def _cpu_model() -> str:
