@@ -60,7 +60,8 @@ def provenance_table(runs) -> pd.DataFrame:
         rows.append({
             "λ": config.weight_decay, "seed": config.seed, "data": meta["data_source"],
             "training images": int(sum(meta["data"]["train"]["class_counts"])),
-            "device": meta.get("device", "unknown"), "finished (UTC)": meta["created"].replace("T", " ")[:16],
+            "device": meta.get("device", "unknown"), "precision": config.precision,
+            "finished (UTC)": meta["created"].replace("T", " ")[:16],
             "commit": commit, "training min": timings.get("wall_seconds", math.nan) / 60,
             "images/s": timings.get("images_per_second", math.nan), "run": meta["key"],
         })

@@ -64,7 +64,8 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     parser.add_argument("--n-measurements", type=int, default=d.n_measurements,
                         help="about this many log-spaced epochs are measured")
-    parser.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N, mps")
+    parser.add_argument("--device", help=f"cpu, cuda or cuda:N, mps (unset: {d.device}, or with --profile the "
+                        "profile's device)")
     parser.add_argument("--precision", default=d.precision, choices=["float32", "bfloat16"],
                         help="bfloat16: forward pass under autocast (weights and measurements stay float32+)")
 
@@ -74,7 +75,7 @@ def _config(args, weight_decay: float, seed: int) -> RunConfig:
         "dataset": args.dataset, "model": args.model, "sizes": _sizes(args), "n_per_class": args.n_per_class,
         "n_test_per_class": args.n_test_per_class, "weight_decay": weight_decay, "lr": args.lr,
         "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
-        "n_measurements": args.n_measurements, "seed": seed, "device": args.device,
+        "n_measurements": args.n_measurements, "seed": seed, "device": args.device or RunConfig().device,
         "precision": args.precision})
 
 
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--weight-decays", type=float, nargs="*", default=[0.0, 1e-3, 5e-3],
                        help="the slides' lambdas")
     sweep.add_argument("--seeds", type=int, nargs="*", default=[0], help="one run per seed and lambda")
+    sweep.add_argument("--retrain-published", action="store_true",
+                       help="with --profile: train runs that published/<profile>/ already holds")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
     sweep.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786)")
     _threads(sweep)
@@ -150,6 +153,21 @@ def _profile_configs(profile: str, figure: str | None, device: str | None = None
     return figure_configs(profile, figure, device) if figure else all_configs(profile, device)
 
 
+def _unpublished(configs: list[RunConfig], profile: str) -> list[RunConfig]:
+    """The configs still to train: published runs (``published/<profile>/``) are reported, not retrained."""
+    from .published import split_published
+
+    done, todo = split_published(configs, profile)
+    if done:
+        print(f"{len(done)} of {len(configs)} run(s) already published in published/{profile}/ (not retrained; "
+              "--retrain-published trains them again):")
+        for run in done:
+            print(f"  {run.config.describe()}  (run {run.meta['key']}, {run.meta.get('device', 'unknown device')})")
+    if not todo:
+        print("nothing to train: every run is published")
+    return todo
+
+
 def _publish(args) -> int:
     from .published import MissingResultError, find_finished, publish
 
@@ -177,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
             workers, scheduler = 1, None
         else:
             if args.profile:
-                device = None if args.device == RunConfig().device else args.device  # else the profile's
-                configs = _profile_configs(args.profile, args.figure, device)
+                configs = _profile_configs(args.profile, args.figure, args.device)  # None: the profile's
+                if not args.retrain_published:
+                    configs = _unpublished(configs, args.profile)
+                    if not configs:
+                        return 0
             else:
                 configs = [_config(args, wd, s) for wd in args.weight_decays for s in args.seeds]
             workers, scheduler = args.workers, args.scheduler

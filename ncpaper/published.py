@@ -26,7 +26,7 @@ from .results import Run, load_run, results_dir
 from .train import RunConfig
 
 __all__ = ["MANIFEST", "MissingResultError", "TamperedResultError", "find_finished", "load_published", "publish",
-           "published_dir", "verify_published", "write_manifest"]
+           "published_dir", "split_published", "verify_published", "write_manifest"]
 
 PUBLISHED_FILES = ("metrics.csv",)
 MANIFEST = "SHA256SUMS"
@@ -158,3 +158,16 @@ def load_published(configs: list[RunConfig], profile: str, root: str | os.PathLi
         verify_published(folder, profile)
     return _match(configs, published_dir(root) / profile, "published",
                   f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.")
+
+
+def split_published(configs: list[RunConfig], profile: str, root: str | os.PathLike | None = None
+                    ) -> tuple[list[Run], list[RunConfig]]:
+    """(the published runs among ``configs``, the configs not published): what a sweep need not retrain."""
+    folder = published_dir(root) / profile
+    if not folder.is_dir():
+        return [], list(configs)
+    verify_published(folder, profile)
+    ids = [_config_id(config.validated().to_dict()) for config in configs]
+    found = _runs_by_config(folder, set(ids))
+    done = [max(found[i], key=lambda r: r.meta["created"]) for i in ids if i in found]
+    return done, [c for c, i in zip(configs, ids, strict=True) if i not in found]

@@ -206,7 +206,13 @@ def load_run(path: Path, key: str | None = None) -> Run | None:
 
 
 def _git_state() -> dict:
-    """The checkout's commit and whether tracked files differ from it; without git, $NCPAPER_COMMIT."""
+    """The checkout's commit and whether tracked files differ from it.
+
+    ``$NCPAPER_COMMIT``, where set, is taken instead: for a copy of the tree on another machine,
+    whose ``.git`` may be missing or stale (a rented GPU was seen to report an older commit).
+    """
+    if commit := os.environ.get("NCPAPER_COMMIT"):
+        return {"commit": commit, "dirty": None, "source": "NCPAPER_COMMIT"}
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -214,8 +220,8 @@ def _git_state() -> dict:
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                     capture_output=True, text=True, check=True).stdout.strip())
         return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (a rented GPU, say)
-        return {"commit": os.environ.get("NCPAPER_COMMIT"), "dirty": None}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
 
 
 def _cpu_model() -> str:
@@ -482,7 +488,7 @@ def _train_into(path: Path, key: str, config: RunConfig, train, test, threads: i
         "data": {"train": train.provenance, "test": test.provenance if test else None},
         "data_source": train.provenance["source"],
         "input_shape": list(train.input_shape), "num_classes": train.num_classes,
-        **code, "device": _device_name(config.device),
+        **code, "device": _device_name(config.device), "cpu": _cpu_model(),
         "timings": {**timings, "wall_seconds": time.perf_counter() - tic,
                     "resumed_from_epoch": resume.epoch if resume else None},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

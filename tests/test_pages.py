@@ -48,12 +48,14 @@ def test_tables_have_readable_headers_a_caption_and_a_scrolling_box():
 
 
 def test_verdict_is_labelled_ours_and_gives_one_clause_per_lambda():
-    last = pd.DataFrame({"nc1": [1.0, 0.1, 0.5, 0.01], "nc3": [1.0, 0.1, 0.1, 0.5],
-                         "train_error": [0.0, 0.0, 0.01, 0.02]}, index=[0.0, 0.001, 0.002, 0.005])
+    last = pd.DataFrame({"nc1": [1.0, 0.1, 0.5, 0.01, 0.01], "nc3": [1.0, 0.1, 0.1, 0.5, 0.01],
+                         "train_error": [0.0, 0.002, 0.0, 0.0, 0.0021]}, index=[0.0, 0.001, 0.002, 0.005, 0.01])
     text = verdict_sentence(last, "nc3")
-    assert text.startswith("**Our criterion** (ours, not the paper's)")
-    assert "Yes at λ = 0.001." in text
+    assert text.startswith("**Our criterion** (ours, not the paper's): in the terminal phase (training error at "
+                           "most 0.2%)")
+    assert "Yes at λ = 0.001." in text  # 0.2% training error is still the terminal phase
     assert "λ = 0.002 (NC1 0.5 against 1" in text and "λ = 0.005 (NC1 0.01 against 1, NC3 0.5" in text
+    assert "λ = 0.01 (training error 0.21%, over 0.2%; NC1 0.01" in text  # 100x collapse, but no fit
     with pytest.raises(ValueError, match="no lambda = 0 runs"):
         verdict_sentence(last.drop(index=0.0), "nc3")
 
