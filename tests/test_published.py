@@ -97,20 +97,21 @@ def test_publish_command(tmp_path, capsys):
     assert len(load_published(figure_configs("smoke", "mnist"), "smoke", published)) == 3
 
 
-def test_the_committed_full_scale_results_are_whole_or_named_as_missing():
-    """published/paper/ holds each full-scale figure's runs finished, small and with provenance, or (while they
-    are retrained in the slides' units with the settling phase) says exactly which are missing and how to make them.
-    """
-    from ncpaper.published import MissingResultError
+def test_the_committed_full_scale_results_are_the_paper_profile_and_reach_the_terminal_phase():
+    """published/paper/ holds every run of the paper profile and nothing else, each finished, small, with provenance
+    and the per-layer and test-set columns; each figure has two weight decays in the terminal phase (training error
+    <= 0.2%, NC1 and centred NC3 >= 5x below lambda = 0) whose settled rows meet Lemma 2's balance within 5%."""
+    from ncpaper.analysis import last_rows, settled_rows
+    from ncpaper.profiles import all_configs
+    from ncpaper.published import published_dir
+    from ncpaper.results import collect
 
+    folder = published_dir() / "paper"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == sorted(
+        r.meta["key"] for r in load_published(all_configs("paper"), "paper"))  # no stale runs left behind
     for figure in ("cifar10", "mnist"):
         configs = figure_configs("paper", figure)
-        try:
-            runs = load_published(configs, "paper")  # verifies each table against its sha256
-        except MissingResultError as err:
-            assert any(config.describe() in str(err) for config in configs)
-            assert f"{figure}/mlp" in str(err) and "ncpaper sweep --profile paper" in str(err)
-            continue
+        runs = load_published(configs, "paper")  # verifies each table against its sha256
         for config, run in zip(configs, runs, strict=True):
             assert sorted(p.name for p in run.path.iterdir()) == ["meta.json", "metrics.csv"]
             assert run.table["epoch"].iloc[-1] == config.epochs
@@ -118,3 +119,26 @@ def test_the_committed_full_scale_results_are_whole_or_named_as_missing():
             assert meta["data"]["train"]["pixels_sha256"] and meta["device"] and meta["git"]["commit"]
             assert sum(meta["data"]["train"]["class_counts"]) == 10 * config.n_per_class
             assert meta["timings"]["images_per_second"] > 0 and meta["created"]
+            assert {"test_error", "nc1_layer_1", "nc3_centred", "critical_residual"} <= set(run.table.columns)
+        table = collect(runs)
+        last = last_rows(table).set_index("weight_decay")
+        zero = last.loc[0.0]
+        passing = [w for w, row in last.iterrows() if w > 0 and row["train_error"] <= 0.002
+                   and zero["nc1"] / row["nc1"] >= 5 and zero["nc3_centred"] / row["nc3_centred"] >= 5]
+        assert len(passing) >= 2, f"{figure}: only {passing} reach the terminal phase with 5x collapse"
+        settled = settled_rows(table).set_index("weight_decay")
+        balance = [c for c in settled.columns if c.startswith("balance_")]
+        assert len(balance) == 4 and set(passing) <= set(settled.index)
+        assert (settled.loc[passing, balance] - 1).abs().to_numpy().max() <= 0.05
+
+
+def test_a_profile_sweep_lists_published_runs_and_trains_only_what_is_missing(capsys, tmp_path):
+    """`ncpaper sweep --profile paper --figure cifar10` on a fresh clone (no data, no GPU) trains nothing: every run
+    is published. --device cpu asks for other runs (a CPU retrain), which are not published."""
+    assert main(["sweep", "--profile", "paper", "--figure", "cifar10", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "6 of 6 run(s) already published" in out and "nothing to train" in out
+    assert not any(tmp_path.iterdir())
+    code = main(["sweep", "--profile", "paper", "--figure", "mnist", "--device", "cpu", "--results", str(tmp_path),
+                 "--data", str(tmp_path / "no-data")])
+    assert code == 2 and "already published" not in capsys.readouterr().out
