@@ -9,5 +9,5 @@ if ! command -v chromium >/dev/null; then
   else echo "Chromium is needed for the site test: sudo apt-get install chromium" >&2; exit 1; fi
 fi
 source scripts/data-root.sh
-.venv/bin/ruff check ncpaper tests benchmarks
+.venv/bin/ruff check ncpaper tests benchmarks scripts
 .venv/bin/python -m pytest "$@"

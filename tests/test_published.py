@@ -142,3 +142,22 @@ def test_a_profile_sweep_lists_published_runs_and_trains_only_what_is_missing(ca
     code = main(["sweep", "--profile", "paper", "--figure", "mnist", "--device", "cpu", "--results", str(tmp_path),
                  "--data", str(tmp_path / "no-data")])
     assert code == 2 and "already published" not in capsys.readouterr().out
+
+
+def test_train_in_parallel_trains_a_profile_side_by_side_and_publishes_each_run(tmp_path):
+    """scripts/train_in_parallel.py (how the paper profile was trained on one GPU) gives the runs the keys that
+    `ncpaper sweep` gives them, and publishes them where the book finds them."""
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_in_parallel.py"
+    done = subprocess.run([sys.executable, str(script), "--profile", "smoke", "--figure", "mnist", "--results",
+                           str(tmp_path / "results"), "--publish", "--publish-to", str(tmp_path / "published")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" done mnist/mlp") == 3
+    configs = figure_configs("smoke", "mnist")
+    published = load_published(configs, "smoke", tmp_path / "published")
+    swept = run_sweep(configs, results=tmp_path / "results", progress=False)  # read from the cache, not retrained
+    assert [r.meta["key"] for r in published] == [r.meta["key"] for r in swept]
+    assert all(r.meta["created"] == p.meta["created"] for r, p in zip(swept, published, strict=True))
