@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["NOTEBOOKS", "build_book", "build_site", "execute_notebooks", "glued_values", "page_names"]
+__all__ = ["NOTEBOOKS", "PDF", "build_book", "build_pdf", "build_site", "execute_notebooks", "glued_values",
+           "page_names"]
 
 # (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
@@ -39,6 +40,11 @@ NOTEBOOKS = [
     ("layers.md", "layers", {}, None),
     ("reproduce.md", "reproduce", {}, None),
 ]
+
+
+# The PDF edition, as built by build_pdf (Jupyter Book's LaTeX builder; the name is _config.yml's targetname)
+PDF = Path("_build") / "latex" / "ncpaper.pdf"
+TEX_TOOLS = ("xelatex", "latexmk", "makeindex")
 
 
 class NotebookFailed(RuntimeError):
@@ -135,11 +141,60 @@ def build_site(root: Path) -> Path:
     return html
 
 
-def build_book(root: Path, profile: str = "default", workers: int = 1, only: list[str] | None = None) -> dict:
+def _check_tex() -> None:
+    missing = [tool for tool in TEX_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"TeX is not installed ({', '.join(missing)} not found): bash scripts/build-pdf.sh "
+                           "installs it with apt-get")
+
+
+def build_pdf(root: Path, site: bool = True) -> Path:
+    """Typeset the executed pages as one PDF, ``_build/latex/ncpaper.pdf``; executes and trains nothing.
+
+    Jupyter Book's LaTeX builder with warnings as errors, then XeLaTeX (latexmk) on the result, in a staging
+    folder: ``_build/latex`` is replaced only when the PDF was made. The pages' HTML figures and tables are
+    rebuilt for print by ``book/_ext/ncpaper_pdf.py``. ``site``: then re-render ``_build/html``, which copies
+    the PDF into the site and links it from every page (the site links a PDF only when it is newer than
+    every executed notebook).
+    """
+    root = Path(root).resolve()
+    absent = [n for n in page_names() if not (root / "book" / "executed" / f"{n}.ipynb").exists()]
+    if absent:
+        raise ValueError(f"the PDF typesets the executed pages, but book/executed/ lacks {', '.join(absent)}: "
+                         "build the book first (bash scripts/build-book.sh)")
+    _check_tex()
+    staging = root / "_build" / ".staging-pdf"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--builder", "pdflatex",
+           "--path-output", str(staging), "-W", "-n", "--keep-going"]
+    # TeX stops at its first error instead of asking the terminal what to do
+    env = {**os.environ, "LATEXOPTS": "-interaction=nonstopmode -halt-on-error", "LATEXMKOPTS": "-halt-on-error"}
+    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    made = staging / "_build" / "latex" / PDF.name
+    if result.returncode != 0 or not made.is_file():
+        log = staging / "_build" / "latex" / PDF.with_suffix(".log").name
+        errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("!")] \
+            if log.is_file() else []
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(f"PDF build failed (exit {result.returncode}); the previous PDF, if any, is untouched."
+                           f"\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}\nTeX errors: {errors[:10]}")
+    latex = root / PDF.parent
+    shutil.rmtree(latex, ignore_errors=True)
+    latex.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / "_build" / "latex", latex)
+    shutil.rmtree(staging, ignore_errors=True)
+    if site:
+        build_site(root)
+    return root / PDF
+
+
+def build_book(root: Path, profile: str = "default", workers: int = 1, only: list[str] | None = None,
+               pdf: bool = False) -> dict:
     """Sweep, execute, render. Returns timings in seconds.
 
     ``only``: execute just these pages (names from :func:`page_names`; their notebooks train or read their own
-    runs) and render the site with the other pages as last executed.
+    runs) and render the site with the other pages as last executed. ``pdf``: typeset the PDF edition
+    (:func:`build_pdf`, needs TeX) before rendering the site, which then links it.
     """
     from .profiles import all_configs
     from .sweep import run_sweep
@@ -151,12 +206,18 @@ def build_book(root: Path, profile: str = "default", workers: int = 1, only: lis
         if absent:
             raise ValueError(f"--only renders the other pages as last executed, but book/executed/ lacks "
                              f"{', '.join(absent)}: build the whole book once first (ncpaper book --profile {profile})")
+    if pdf:
+        _check_tex()  # before hours of training, not after
     timings = {}
     tic = time.perf_counter()
     if not only:
         run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
     timings["sweep"] = time.perf_counter() - tic
     timings["notebooks"] = execute_notebooks(root, profile, only)
+    if pdf:
+        tic = time.perf_counter()
+        build_pdf(root, site=False)
+        timings["pdf"] = time.perf_counter() - tic
     tic = time.perf_counter()
     build_site(root)
     timings["render"] = time.perf_counter() - tic

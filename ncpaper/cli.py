@@ -1,4 +1,4 @@
-"""ncpaper train (one run), sweep (a profile's runs, or a weight-decay grid), publish, book."""
+"""ncpaper train (one run), sweep (a profile's runs, or a weight-decay grid), publish, book, pdf."""
 
 from __future__ import annotations
 
@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, notebooks/)")
     book.add_argument("--only", nargs="+", metavar="PAGE", choices=page_names(),
                       help="re-execute only these pages (after one whole build) and re-render the site")
+    book.add_argument("--pdf", action="store_true", help="also typeset the PDF edition (_build/latex/ncpaper.pdf, "
+                      "needs TeX: see scripts/build-pdf.sh), which the site then links")
+
+    pdf = commands.add_parser("pdf", help="typeset the executed pages as one PDF (_build/latex/ncpaper.pdf) and "
+                              "re-render the site to link it; executes and trains nothing")
+    pdf.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, book/executed/)")
+    pdf.add_argument("--no-site", action="store_true", help="only the PDF: leave _build/html as it is")
     return parser
 
 
@@ -137,14 +144,33 @@ def _book(args) -> int:
         os.environ["NCPAPER_DATA"] = args.data
     tic = time.perf_counter()
     try:
-        timings = build_book(Path(args.root), profile=args.profile, workers=args.workers, only=args.only)
+        timings = build_book(Path(args.root), profile=args.profile, workers=args.workers, only=args.only,
+                             pdf=args.pdf)
     except (NotebookFailed, RuntimeError, ValueError, DataNotFoundError) as err:
         print(f"ncpaper: book build failed: {err}", file=sys.stderr)
         return 1
     site = Path(args.root).resolve() / "_build" / "html" / "index.html"
     notebooks = ", ".join(f"{k} {v:.0f} s" for k, v in timings["notebooks"].items())
+    pdf = f"; PDF {timings['pdf']:.0f} s" if "pdf" in timings else ""
     print(f"book built in {time.perf_counter() - tic:.0f} s (training/cache {timings['sweep']:.0f} s; "
-          f"notebooks: {notebooks}; rendering {timings['render']:.0f} s)\nopen {site}")
+          f"notebooks: {notebooks}{pdf}; rendering {timings['render']:.0f} s)\nopen {site}")
+    return 0
+
+
+def _pdf(args) -> int:
+    import time
+    from pathlib import Path
+
+    from .book import build_pdf
+
+    tic = time.perf_counter()
+    try:
+        pdf = build_pdf(Path(args.root), site=not args.no_site)
+    except (RuntimeError, ValueError) as err:
+        print(f"ncpaper: PDF build failed: {err}", file=sys.stderr)
+        return 1
+    linked = "" if args.no_site else f"; the site links it ({pdf.parents[1] / 'html' / pdf.name})"
+    print(f"PDF built in {time.perf_counter() - tic:.0f} s: {pdf} ({pdf.stat().st_size / 1e6:.1f} MB){linked}")
     return 0
 
 
@@ -187,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "book":
         return _book(args)
+    if args.command == "pdf":
+        return _pdf(args)
     if args.command == "publish":
         return _publish(args)
     try:
