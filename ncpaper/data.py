@@ -210,7 +210,7 @@ def _unpack_jpeg_tarball(tarball: Path) -> Path:
 
 
 def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
-    from torchvision.datasets import CIFAR10, ImageFolder
+    from torchvision.datasets import CIFAR10
 
     split = "train" if train else "test"
     official = root / "cifar-10-batches-py"
@@ -233,12 +233,21 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
         provenance = {"source": "CIFAR-10 (official python batches)", "location": str(official.resolve()),
                       "files": {f.name: sha256_file(f) for f in files}}
         return images, np.asarray(ds.targets), tuple(ds.classes), provenance
-    ds = ImageFolder(str(folder / split))
+    ds = _image_folder(str(folder / split))
     if tuple(ds.classes) != CIFAR10_CLASSES:
         raise ValueError(f"{folder / split} has class folders {ds.classes}, expected {list(CIFAR10_CLASSES)}")
     provenance = {"source": "CIFAR-10 (JPEG q75 copy)", "location": str((folder / split).resolve()),
                   "files": {tarball.name: sha256_file(tarball)} if tarball.exists() else {}}
     return _LazyImageFolder(ds), np.asarray(ds.targets), CIFAR10_CLASSES, provenance
+
+
+@functools.lru_cache(maxsize=4)
+def _image_folder(path: str):
+    """torchvision's ``ImageFolder`` of ``path``, listed once per process (50,000 files: about a second, which
+    every run of a sweep's worker would otherwise pay again)."""
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder(path)
 
 
 class _LazyImageFolder:
