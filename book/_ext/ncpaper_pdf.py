@@ -27,8 +27,10 @@ from sphinx.util import logging
 LOGGER = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 PDF_NAME = "ncpaper.pdf"
-# tables (wrapped in a container of class "nctable") in a small font, so that their columns fit the page
-LATEX_PREAMBLE = "\n\\newenvironment{sphinxclassnctable}{\\footnotesize}{}\n"
+# tables (wrapped in a container of class "nctable" or "nctablewide") in a small font, so that their columns fit
+LATEX_PREAMBLE = ("\n\\newenvironment{sphinxclassnctable}{\\footnotesize}{}"
+                  "\n\\newenvironment{sphinxclassnctablewide}{\\scriptsize}{}\n")
+WIDE = 10  # columns from which a table is set in the smaller font
 MATH = re.compile(r"^\\\((.*)\\\)$", re.S)
 
 
@@ -146,7 +148,7 @@ def table_nodes(html: str) -> list[nodes.Node]:
         if head:
             group.append(nodes.thead("", *_rows(head, width)))
         group.append(nodes.tbody("", *_rows(body, width)))
-        out.append(nodes.container("", node, classes=["nctable"]))
+        out.append(nodes.container("", node, classes=["nctablewide" if width >= WIDE else "nctable"]))
     return out
 
 
@@ -188,6 +190,7 @@ def _config_inited(app, config):
     config.templates_path.append(str(TEMPLATES))
     elements = dict(config.latex_elements or {})
     elements["preamble"] = elements.get("preamble", "") + LATEX_PREAMBLE
+    elements.setdefault("extraclassoptions", "openany,oneside")  # chapters start on the next page, not a blank one
     config.latex_elements = elements
     options = dict(config.html_theme_options or {})
     options["primary_sidebar_end"] = ["ncpaper-pdf.html"]
