@@ -62,7 +62,7 @@ def provenance_table(runs) -> pd.DataFrame:
             "training images": int(sum(meta["data"]["train"]["class_counts"])),
             "device": meta.get("device", "unknown"), "precision": config.precision,
             "finished (UTC)": meta["created"].replace("T", " ")[:16],
-            "commit": commit, "training min": timings.get("wall_seconds", math.nan) / 60,
+            "commit": commit, "wall min": timings.get("wall_seconds", math.nan) / 60,
             "images/s": timings.get("images_per_second", math.nan), "run": meta["key"],
         })
     return pd.DataFrame(rows)

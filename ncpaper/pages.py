@@ -185,10 +185,11 @@ class FigureFiles:
 
 
 def _inline(text: str) -> str:
-    """Escape text for HTML, keeping `code` spans and **bold**, and $maths$ as MathJax inline maths."""
+    """Escape text for HTML, keeping `code` spans, **bold** and *italics*, and $maths$ as MathJax inline maths."""
     out = html.escape(text, quote=False)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
     out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", out)
     return re.sub(r"\$([^$]+)\$", r'<span class="math notranslate nohighlight">\\(\1\\)</span>', out)
 
 
@@ -253,10 +254,10 @@ def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = 
             + (f"**No** at {'; '.join(missed)}." if missed else ""))
 
 
-def _span(values, percent: bool = False) -> str:
-    """"a" or "a-b" for the smallest and largest of ``values`` (ratios to 2 figures, or percentages)."""
+def _span(values, fmt: str | None = None) -> str:
+    """"a" or "a-b" for the smallest and largest of ``values`` (``fmt``, or ratios: 1.4, 7.1, 44)."""
     lo, hi = min(values), max(values)
-    shown = (lambda v: f"{v:.2%}") if percent else (lambda v: f"{v:.2g}" if v < 10 else f"{v:.0f}")
+    shown = (lambda v: fmt.format(v)) if fmt else (lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}")
     return shown(lo) if shown(lo) == shown(hi) else f"{shown(lo)}-{shown(hi)}"
 
 
@@ -303,6 +304,17 @@ class FigurePage:
 
         return last_rows(self.table).groupby("weight_decay").mean(numeric_only=True)
 
+    @cached_property
+    def seeds(self) -> int:
+        """Seeds per weight decay (the most any lambda has)."""
+        return int(self.table.groupby("weight_decay")["seed"].nunique().max())
+
+    @property
+    def over_seeds(self) -> str:
+        """How the page's numbers combine seeds: "one seed (seed 0)" or "means over 3 seeds"."""
+        return (f"one seed (seed {int(self.table['seed'].iloc[0])})" if self.seeds == 1
+                else f"means over {self.seeds} seeds")
+
     @property
     def nc3_column(self) -> str:
         from .plots import classifier_column
@@ -316,9 +328,11 @@ class FigurePage:
 
     @cached_property
     def description(self) -> str:
-        c, source = self.runs[0].config, self.runs[0].meta["data_source"]
-        return (f"{source}, {c.n_per_class * self.runs[0].meta['num_classes']:,} training images "
-                f"({c.n_per_class:,} per class), {c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
+        c, source, classes = self.runs[0].config, self.runs[0].meta["data_source"], self.runs[0].meta["num_classes"]
+        test = (f", test error on {c.n_test_per_class * classes:,} test images ({c.n_test_per_class:,} per class)"
+                if c.n_test_per_class else "")
+        return (f"{source}, {c.n_per_class * classes:,} training images ({c.n_per_class:,} per class){test}, "
+                f"{c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
 
     @cached_property
     def files(self) -> FigureFiles:
@@ -329,16 +343,20 @@ class FigurePage:
         side = "classifier rows, centred" if self.nc3_column.endswith("_centred") else "classifier rows"
         caption = (f"**Figure {self.figure_number}.** {self.description}. Neural Collapse measured on the training "
                    f"set at log-spaced epochs, one colour and marker per weight decay (λ = {_lambdas(lambdas)}; "
-                   f"green: none); lines are means over seeds, bands their range. Solid: class means; dashed: "
-                   f"{side}. All settings are our choices (see Reproduce and cite).")
+                   f"green: none); " + ("lines are means over seeds, bands their range" if self.seeds > 1 else
+                                       f"{self.over_seeds} per weight decay") + f". Solid: class means; dashed: "
+                   f"{side}; dotted verticals: learning-rate cuts. All settings are our choices (see Reproduce and "
+                   f"cite).")
         nc1 = ", ".join(f"{self.last.loc[w, 'nc1']:.3g} at λ = {w:g}" for w in lambdas)
         alt = (f"Eight line plots against training epoch on a log axis, one line per weight decay "
                f"(λ = {_lambdas(lambdas)}): training error, training loss, NC1, NC2 equinorm, NC2 equiangularity, "
                f"NC2 max-angle, NC3 and NC4. At the last epoch NC1 is {nc1}.")
         params = f"profile='{self.profile}', figure='{self.figure}'" + (
             f", weight_decays={[float(w) for w in lambdas]}" if self.weight_decays is not None else "")
+        c = self.runs[0].config
         fig = figure_nc(self.table, title=f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
-                                          f"profile '{self.profile}'")
+                                          f"profile '{self.profile}'",
+                        rate_cuts=[round(m * c.epochs) for m in c.lr_milestones])
         return page_figure(fig, stem, self.runs, self.profile, figure_id=self.figure_number,
                            what=f"Figure {self.figure_number} ({self.runs[0].meta['data_source']}, profile "
                                 f"'{self.profile}')",
@@ -356,7 +374,7 @@ class FigurePage:
         last, nc3 = self.last, self.nc3_column
         zero = last.loc[0.0]
         nc3_name = "NC3 (W centred)" if nc3.endswith("_centred") else "NC3"
-        parts = [f"**At the last epoch** ({self.runs[0].config.epochs}; means over seeds). Without weight decay "
+        parts = [f"**At the last epoch** ({self.runs[0].config.epochs}; {self.over_seeds}). Without weight decay "
                  f"NC1 is {zero['nc1']:.3g} and {nc3_name} {zero[nc3]:.3g} (training error {zero['train_error']:.2%})."]
         for wd in sorted(w for w in last.index if w > 0):
             row = last.loc[wd]
@@ -366,37 +384,56 @@ class FigurePage:
         return " ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway()
 
     def takeaway(self, factor: float = 5.0, max_train_error: float = 0.002) -> str:
-        """One paragraph on what to take from the figure, claiming no more than the last-epoch numbers show."""
-        from .analysis import settled_rows
+        """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
+        from .analysis import last_rows, settled_rows, training_rows
 
         last, nc3 = self.last, self.nc3_column
         zero = last.loc[0.0]
+        n_train = self.runs[0].config.n_per_class * self.runs[0].meta["num_classes"]
         ratio = {w: (zero["nc1"] / last.loc[w, "nc1"], zero[nc3] / last.loc[w, nc3]) for w in last.index if w > 0}
         fits = {w: last.loc[w, "train_error"] <= max_train_error for w in ratio}
         met = [w for w in ratio if fits[w] and min(ratio[w]) >= factor]
         weak = [w for w in ratio if fits[w] and min(ratio[w]) < factor]
         unfit = [w for w in ratio if not fits[w]]
-        seeds = self.table.groupby("weight_decay")["seed"].nunique().max()
-        parts = [f"**What to take from it** ({'one seed' if seeds == 1 else f'{seeds} seeds'} per λ). Without weight "
-                 f"decay the network {'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its "
-                 f"training set (error {zero['train_error']:.2%}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g}."]
+        seeds = "one seed" if self.seeds == 1 else f"{self.seeds} seeds, means"
+        parts = [f"**What to take from it** ({seeds} per λ). Without weight decay the network "
+                 f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
+                 f"{zero['train_error']:.2%}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last epoch."]
         if met:
+            wrong = _span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}")  # seed means: rounded
             nc1s, nc3s = [ratio[w][0] for w in met], [ratio[w][1] for w in met]
-            parts.append(f"With λ = {_lambdas(met)} it fits as well (error at most "
-                         f"{max(last.loc[w, 'train_error'] for w in met):.2%}) and collapses: NC1 "
-                         f"{_span(nc1s)} and NC3 {_span(nc3s)} times smaller, the effect the paper's figures show.")
+            parts.append(f"With λ = {_lambdas(met)} it misclassifies {wrong} of its {n_train:,} training "
+                         f"images (error at most {max(last.loc[w, 'train_error'] for w in met):.2%}) and NC1 is "
+                         f"{_span(nc1s)} and NC3 {_span(nc3s)} times smaller: the collapse of NC1 and NC3 with "
+                         f"weight decay that the paper's figures show.")
         if weak:
             parts.append(f"At λ = {_lambdas(weak)} it fits but collapses less than {factor:g}-fold.")
         if unfit:
-            parts.append(f"From λ = {min(unfit):g} on, the network no longer fits its training set to "
-                         f"{max_train_error:.1%} (error {_span([last.loc[w, 'train_error'] for w in unfit], True)}): "
-                         f"the collapse there is not that of the terminal phase the paper describes.")
+            errors = _span([last.loc[w, "train_error"] for w in unfit], "{:.2%}")
+            parts.append(f"From λ = {min(unfit):g} on, more of the training set than our {max_train_error:.1%} "
+                         f"threshold stays misclassified (error {errors}), so those runs are outside the terminal "
+                         f"phase as we define it.")
+        train = training_rows(self.table)
+        epochs = self.runs[0].config.epochs
+        earlier = last_rows(train[train["epoch"] <= 0.75 * epochs]).groupby("weight_decay")["nc1"].mean()
+        if len(earlier) == len(last):
+            fall = earlier / last["nc1"]
+            with_wd = [fall[w] for w in ratio]
+            parts.append(f"Over the last quarter of training NC1 still fell {_span(with_wd)} times with weight decay "
+                         f"and {fall[0.0]:.1f} times without: the ratios are those at epoch {epochs}, not limits.")
+        if "test_error" in last.columns and last["test_error"].notna().all():
+            parts.append(f"Test error is {zero['test_error']:.1%} without weight decay and "
+                         f"{_span([last.loc[w, 'test_error'] for w in ratio], '{:.1%}')} with it.")
         settled = settled_rows(self.table)
         balance = [c for c in settled.columns if c.startswith("balance_")]
         if len(settled) and balance:
-            worst = float((settled[balance] - 1).abs().max().max())
-            parts.append(f"Every weight-decay run, settled at a critical point of its objective after training (see "
-                         f"Lemma 2), satisfies Lemma 2's balance on every layer within {worst:.2%}.")
+            trained = last_rows(train)
+            trained = trained[trained["weight_decay"] > 0][balance]
+            parts.append(f"Lemma 2's balance (every layer's ratio 1) holds at critical points, and SGD's last "
+                         f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settled "
+                         f"onto a critical point of the same objective after training (Lemma 2 page), every "
+                         f"weight-decay run meets it on every layer within "
+                         f"{float((settled[balance] - 1).abs().max().max()):.2%}.")
         return " ".join(parts)
 
     def end_table(self):
@@ -404,9 +441,10 @@ class FigurePage:
             return None
         columns = ["train_error", "test_error", "train_loss", "eps", "nc1", "nc2_equinorm_means",
                    "nc2_equiangular_means", self.nc3_column, "nc4"]
-        caption = (f"Table: {self.label} at the last training epoch, mean over seeds, one row per weight decay "
+        caption = (f"Table: {self.label} at the last training epoch, {self.over_seeds}, one row per weight decay "
                    f"(the measurements on the training set; test error on the test set).")
-        return _HTML(table_html(self.last[columns], caption, index=True))
+        return _HTML(table_html(self.last[columns], caption, index=True,
+                                formats={"train_error": "{:.2%}", "test_error": "{:.2%}"}))
 
     def origin_markdown(self) -> str:
         from .analysis import provenance_table
@@ -415,12 +453,16 @@ class FigurePage:
             return ""
         prov = provenance_table(self.runs)
         if self.published:
+            notes = sorted({n for r in self.runs if (n := (r.meta.get("git") or {}).get("note"))})
             return (f"These are **published results**: the book reads them from `published/{self.profile}/` and "
-                    f"does not retrain them. They were trained on {', '.join(sorted(prov['device'].unique()))}, "
-                    f"finished between {prov['finished (UTC)'].min()} and {prov['finished (UTC)'].max()} UTC, in "
-                    f"{prov['training min'].sum():.0f} minutes in all; `ncpaper sweep --profile {self.profile} "
-                    f"--figure {self.figure}` retrains them (resuming from checkpoints) and `ncpaper publish "
-                    f"--profile {self.profile}` republishes them.")
+                    f"does not retrain them. They were trained on {', '.join(sorted(prov['device'].unique()))} in "
+                    f"{', '.join(sorted(prov['precision'].unique()))}, finished between "
+                    f"{prov['finished (UTC)'].min()} and {prov['finished (UTC)'].max()} UTC; their wall times "
+                    f"(training, measuring and settling, some side by side on one device) add up to "
+                    f"{prov['wall min'].sum():.0f} minutes. `ncpaper sweep --profile {self.profile} --figure "
+                    f"{self.figure} --retrain-published` retrains them (resuming from checkpoints) and `ncpaper "
+                    f"publish --profile {self.profile}` republishes them."
+                    + "".join(f" Commit note in the runs' metadata: {n}." for n in notes))
         return (f"These runs are trained when the book is built (or read from the result cache, keyed by their "
                 f"configuration and data) on the profile '{self.profile}'.")
 
@@ -431,7 +473,7 @@ class FigurePage:
             return None
         shown = provenance_table(self.runs).drop(columns=["data", "training images"])  # both are in the caption
         return _HTML(table_html(shown, f"Table: the runs of {self.label}: where, when and by which code each was "
-                                       "trained.", formats={"training min": "{:.1f}", "images/s": "{:,.0f}",
+                                       "trained.", formats={"wall min": "{:.1f}", "images/s": "{:,.0f}",
                                                             "λ": "{:g}"}))
 
     def glue(self) -> None:
@@ -664,7 +706,7 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
         rows.append({"part": label, "profile": part_profile, "data": prov["data"][0], "runs": len(runs),
                      "epochs": c.epochs, "train images": prov["training images"][0],
                      "minutes": (timings["train_seconds"] + timings["measure_seconds"]).sum() / 60,
-                     "measurement share": timings["measure_seconds"].sum() / timings["train_seconds"].sum(),
+                     "measure / train": timings["measure_seconds"].sum() / timings["train_seconds"].sum(),
                      "images/s (median)": timings["images_per_second"].median(), "device": prov["device"][0],
                      "commits": ", ".join(sorted(set(prov["commit"]))), "created": prov["finished (UTC)"].max()})
     return pd.DataFrame(rows), choices, missing

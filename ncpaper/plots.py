@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -26,7 +27,7 @@ PAGE_FONTS = {"font.size": 9, "axes.titlesize": 9, "axes.labelsize": 8.5, "xtick
 # (W - 1 mean_c W_c) when the table has it: at a weight-decay critical point W_L = k M + beta 1 mu_G^T has a
 # common component, so the raw rows' cosines cannot reach -1/(C-1).
 NC_PANELS = [
-    ("train_error", None, "Training error", False),
+    ("train_error", None, "Training error (log scale above 0.1%)", "symlog"),
     ("train_loss", None, r"Training loss $\frac{1}{2NC}\sum\Vert y-f\Vert^2$", True),
     ("nc1", None, r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", True),
     ("nc2_equinorm_means", "nc2_equinorm_weights", "NC2: equinorm (std/mean of norms)", True),
@@ -59,11 +60,12 @@ def weight_decay_styles(values) -> dict[str, str]:
     return {weight_decay_label(v): ("o" if v == 0 else next(markers)) for v in sorted(set(values))}
 
 
-def figure_nc(table: pd.DataFrame, title: str = "") -> plt.Figure:
+def figure_nc(table: pd.DataFrame, title: str = "", rate_cuts=()) -> plt.Figure:
     """NC measurements against epoch (log axis): one colour and marker per lambda; mean and spread over seeds.
 
     Only the rows measured during training (``phase == "train"``) are drawn. Solid lines are class means,
     dashed ones classifier rows (centred when the table has the centred columns; the legend says which).
+    ``rate_cuts``: epochs where the learning rate was cut, drawn as dotted vertical lines.
     """
     from .analysis import training_rows
 
@@ -88,13 +90,24 @@ def figure_nc(table: pd.DataFrame, title: str = "") -> plt.Figure:
                              errorbar=("pi", 100), linestyle=linestyle, markersize=3.5, markeredgewidth=0)
             ax.set(xscale="log", xlabel="epoch", ylabel="")
             ax.set_title(panel_title, loc="left")
-            if log_y:
+            if log_y == "symlog":  # an error rate: small differences near 0 matter, and 0 must show
+                ax.set_yscale("symlog", linthresh=1e-3, linscale=0.3)
+                ax.set_ylim(bottom=0)
+                ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([0, 1e-3, 1e-2, 1e-1, 1]))
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+                    lambda v, _: "0" if v == 0 else f"{100 * v:g}%"))
+                ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            elif log_y:
                 ax.set_yscale("log")
+            for epoch in rate_cuts:
+                ax.axvline(epoch, color="grey", linestyle=":", linewidth=1)
             ax.grid(True, which="major", alpha=0.3)
         handles = [plt.Line2D([], [], color=c, marker=markers[k], label=k) for k, c in palette.items()]
         handles += [plt.Line2D([], [], color="grey", label="class means"),
                     plt.Line2D([], [], color="grey", linestyle="--",
                                label="classifier rows, centred" if centred_any else "classifier rows")]
+        if len(rate_cuts):
+            handles.append(plt.Line2D([], [], color="grey", linestyle=":", label="learning rate cut"))
         fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
         if title:
             fig.suptitle(title)
