@@ -81,45 +81,62 @@ def _absolute_environment() -> None:
             os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
 
 
-def execute_notebooks(root: Path, profile: str, only: list[str] | None = None) -> dict[str, float]:
-    """Execute every notebook on ``profile``; return seconds per notebook. Fails naming notebook and cell."""
+def _execute_one(root: Path, source: str, name: str, params: dict, title: str | None, profile: str) -> float:
+    """Execute one notebook into ``book/executed/<name>.ipynb``; return its seconds."""
     import jupytext
     import papermill as pm
+
+    out_dir = root / "book" / "executed"
+    nb = jupytext.read(root / "notebooks" / source)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if title:  # one template, several pages: each page gets its own title
+        heading = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# "))
+        heading.source = "\n".join([f"# {title}", *heading.source.split("\n")[1:]])
+    staged = out_dir / f".{name}.input.ipynb"
+    jupytext.write(nb, staged, fmt="ipynb")
+    tic = time.perf_counter()
+    try:
+        # the notebooks' progress bars (stderr) go to this log, not to the page
+        pm.execute_notebook(str(staged), str(out_dir / f"{name}.ipynb"), cwd=str(root),
+                            parameters={"profile": profile, **params}, kernel_name="python3",
+                            progress_bar=False, stderr_file=sys.stderr,
+                            # ipykernel's "Kernel is running over TCP" warning, once per page, is noise here
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(f"notebook notebooks/{source} (as {name}) failed in cell {err.exec_count}: "
+                             f"{err.ename}: {err.evalue}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    _hide_injected_parameters(out_dir / f"{name}.ipynb")
+    seconds = time.perf_counter() - tic
+    print(f"executed {name} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+    return seconds
+
+
+def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, workers: int = 1) -> dict[str, float]:
+    """Execute every notebook on ``profile``, ``workers`` at a time; return seconds per notebook.
+
+    Fails naming notebook and cell. The pages are independent (each reads its runs from the cache or
+    ``published/`` and writes its own figure files), so two can run side by side: each is mostly a
+    kernel's start-up, imports and plotting on one core.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
 
     root = Path(root).resolve()
     _check_pages(only)
     _absolute_environment()
-    out_dir = root / "book" / "executed"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    for source, name, params, title in NOTEBOOKS:
-        if only and name not in only:
-            continue
-        nb = jupytext.read(root / "notebooks" / source)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        if title:  # one template, several pages: each page gets its own title
-            heading = next(c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# "))
-            heading.source = "\n".join([f"# {title}", *heading.source.split("\n")[1:]])
-        staged = out_dir / f".{name}.input.ipynb"
-        jupytext.write(nb, staged, fmt="ipynb")
-        tic = time.perf_counter()
-        try:
-            # the notebooks' progress bars (stderr) go to this log, not to the page
-            pm.execute_notebook(str(staged), str(out_dir / f"{name}.ipynb"), cwd=str(root),
-                                parameters={"profile": profile, **params}, kernel_name="python3",
-                                progress_bar=False, stderr_file=sys.stderr,
-                                # ipykernel's "Kernel is running over TCP" warning, once per page, is noise here
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])
-        except pm.PapermillExecutionError as err:
-            raise NotebookFailed(f"notebook notebooks/{source} (as {name}) failed in cell {err.exec_count}: "
-                                 f"{err.ename}: {err.evalue}") from None
-        finally:
-            staged.unlink(missing_ok=True)
-        _hide_injected_parameters(out_dir / f"{name}.ipynb")
-        seconds[name] = time.perf_counter() - tic
-        print(f"executed {name} ({seconds[name]:.0f} s)", file=sys.stderr, flush=True)
-    return seconds
-
+    (root / "book" / "executed").mkdir(parents=True, exist_ok=True)
+    pages = [(source, name, params, title) for source, name, params, title in NOTEBOOKS
+             if not only or name in only]
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(pages) == 1:
+        return {name: _execute_one(root, source, name, params, title, profile) for source, name, params, title in pages}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        jobs = {name: pool.submit(_execute_one, root, source, name, params, title, profile)
+                for source, name, params, title in pages}
+        return {name: job.result() for name, job in jobs.items()}  # the first failure (in page order) is raised
 
 
 def build_site(root: Path) -> Path:
@@ -192,9 +209,10 @@ def build_book(root: Path, profile: str = "default", workers: int = 1, only: lis
                pdf: bool = False) -> dict:
     """Sweep, execute, render. Returns timings in seconds.
 
-    ``only``: execute just these pages (names from :func:`page_names`; their notebooks train or read their own
-    runs) and render the site with the other pages as last executed. ``pdf``: typeset the PDF edition
-    (:func:`build_pdf`, needs TeX) before rendering the site, which then links it.
+    ``workers``: training runs side by side (Dask), then notebooks side by side. ``only``: execute just
+    these pages (names from :func:`page_names`; their notebooks train or read their own runs) and render
+    the site with the other pages as last executed. ``pdf``: typeset the PDF edition (:func:`build_pdf`,
+    needs TeX) before rendering the site, which then links it.
     """
     from .profiles import all_configs
     from .sweep import run_sweep
@@ -213,7 +231,7 @@ def build_book(root: Path, profile: str = "default", workers: int = 1, only: lis
     if not only:
         run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
     timings["sweep"] = time.perf_counter() - tic
-    timings["notebooks"] = execute_notebooks(root, profile, only)
+    timings["notebooks"] = execute_notebooks(root, profile, only, workers=workers)
     if pdf:
         tic = time.perf_counter()
         build_pdf(root, site=False)

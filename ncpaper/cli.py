@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--profile", choices=[p for p in profile_names() if "phase" in load_profile(p)],
                       default="default", help="the profile of the pages that are retrained (the full-scale "
                       "pages always read published/paper/)")
-    book.add_argument("--workers", type=int, default=2, help="parallel training runs before the notebooks")
+    book.add_argument("--workers", type=int, default=2, help="training runs, then notebooks, side by side")
     book.add_argument("--root", default=".", help="the repository (holds _config.yml, _toc.yml, notebooks/)")
     book.add_argument("--only", nargs="+", metavar="PAGE", choices=page_names(),
                       help="re-execute only these pages (after one whole build) and re-render the site")

@@ -34,7 +34,7 @@ def built(tmp_path_factory):
     os.environ["NCPAPER_RESULTS"] = str(root / "results")
     os.environ["NCPAPER_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     try:
-        timings = build_book(root, profile="smoke", workers=1)
+        timings = build_book(root, profile="smoke", workers=2)  # as scripts/build-book.sh: pages side by side
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
@@ -311,6 +311,16 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
     source.write_text(source.read_text().replace("import inspect", "import inspect\nraise RuntimeError('boom')"))
     with pytest.raises(NotebookFailed, match=r"notebooks/setting.md .*failed in cell \d+: RuntimeError: boom"):
         execute_notebooks(root, "smoke", only=["setting"])
+
+
+def test_pages_side_by_side_name_the_failing_one_and_finish_the_others(tmp_path):
+    root = copy_book_sources(tmp_path)
+    source = root / "notebooks" / "setting.md"
+    source.write_text(source.read_text().replace("import inspect", "import inspect\nraise RuntimeError('boom')"))
+    with pytest.raises(NotebookFailed, match=r"notebooks/setting.md .*failed in cell \d+: RuntimeError: boom"):
+        execute_notebooks(root, "smoke", only=["setting", "lemma1"], workers=2)
+    assert (root / "book" / "executed" / "lemma1.ipynb").exists()
+    assert glued_values(root / "book" / "executed" / "lemma1.ipynb")
 
 
 def test_a_failed_render_leaves_the_previous_site_untouched(built, tmp_path):
