@@ -228,19 +228,32 @@ def _lambdas(values) -> str:
     return ", ".join(f"{v:g}" for v in sorted(values))
 
 
-def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = 5.0,
-                     max_train_error: float = 0.002) -> str:
-    """Our criterion (not the paper's): in the terminal phase (training error at most ``max_train_error``)
-    with NC1 and NC3 at the last epoch ``factor`` times smaller than without weight decay? One clause per
-    lambda > 0, with the numbers."""
+# Our criterion (not the paper's) for "Neural Collapse with weight decay" at the last epoch: the terminal phase
+# (training error at most TERMINAL_TRAIN_ERROR) and NC1 and NC3 COLLAPSE_FACTOR times below lambda = 0.
+COLLAPSE_FACTOR = 5.0
+TERMINAL_TRAIN_ERROR = 0.002
+
+
+def _judged(last_means: pd.DataFrame, nc3_column: str, factor: float, max_train_error: float) -> dict:
+    """lambda > 0 -> ((NC1 ratio, NC3 ratio) against lambda = 0, fits the training set?), in lambda order."""
     if 0.0 not in last_means.index:
         raise ValueError("the figure has no lambda = 0 runs to compare with; add 0 to its weight decays")
     zero = last_means.loc[0.0]
+    return {w: ((zero["nc1"] / last_means.loc[w, "nc1"], zero[nc3_column] / last_means.loc[w, nc3_column]),
+                bool(last_means.loc[w, "train_error"] <= max_train_error))
+            for w in sorted(w for w in last_means.index if w > 0)}
+
+
+def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
+                     max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
+    """Our criterion (not the paper's): in the terminal phase (training error at most ``max_train_error``)
+    with NC1 and NC3 at the last epoch ``factor`` times smaller than without weight decay? One clause per
+    lambda > 0, with the numbers."""
+    judged = _judged(last_means, nc3_column, factor, max_train_error)
+    zero = last_means.loc[0.0]
     met, missed = [], []
-    for wd in sorted(w for w in last_means.index if w > 0):
+    for wd, (ratios, fits) in judged.items():
         row = last_means.loc[wd]
-        ratios = [zero["nc1"] / row["nc1"], zero[nc3_column] / row[nc3_column]]
-        fits = row["train_error"] <= max_train_error
         if min(ratios) >= factor and fits:
             met.append(f"λ = {wd:g}")
         else:
@@ -383,18 +396,18 @@ class FigurePage:
                          f"{row['train_error']:.2%}).")
         return " ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway()
 
-    def takeaway(self, factor: float = 5.0, max_train_error: float = 0.002) -> str:
+    def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
         """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
         from .analysis import last_rows, settled_rows, training_rows
 
         last, nc3 = self.last, self.nc3_column
         zero = last.loc[0.0]
         n_train = self.runs[0].config.n_per_class * self.runs[0].meta["num_classes"]
-        ratio = {w: (zero["nc1"] / last.loc[w, "nc1"], zero[nc3] / last.loc[w, nc3]) for w in last.index if w > 0}
-        fits = {w: last.loc[w, "train_error"] <= max_train_error for w in ratio}
-        met = [w for w in ratio if fits[w] and min(ratio[w]) >= factor]
-        weak = [w for w in ratio if fits[w] and min(ratio[w]) < factor]
-        unfit = [w for w in ratio if not fits[w]]
+        judged = _judged(last, nc3, factor, max_train_error)
+        ratio = {w: ratios for w, (ratios, _) in judged.items()}
+        met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= factor]
+        weak = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) < factor]
+        unfit = [w for w, (_, fits) in judged.items() if not fits]
         seeds = "one seed" if self.seeds == 1 else f"{self.seeds} seeds, means"
         parts = [f"**What to take from it** ({seeds} per λ). Without weight decay the network "
                  f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
@@ -727,7 +740,7 @@ def pilot_table(path: Path = PILOTS_CSV) -> pd.DataFrame:
     keys = list(zip(pilots["dataset"], pilots["width"], strict=True))
     pilots["NC1 ratio"] = [base.loc[k, "nc1"] / v for k, v in zip(keys, pilots["nc1"], strict=True)]
     pilots["NC3 ratio"] = [base.loc[k, "nc3_centred"] / v for k, v in zip(keys, pilots["nc3_centred"], strict=True)]
-    pilots["meets it"] = ((pilots["lambda"] > 0) & (pilots["train_error"] <= 0.002) & (pilots["NC1 ratio"] >= 5)
-                          & (pilots["NC3 ratio"] >= 5))
+    pilots["meets it"] = ((pilots["lambda"] > 0) & (pilots["train_error"] <= TERMINAL_TRAIN_ERROR)
+                          & (pilots["NC1 ratio"] >= COLLAPSE_FACTOR) & (pilots["NC3 ratio"] >= COLLAPSE_FACTOR))
     return pilots[["dataset", "width", "lambda", "train_error", "test_error", "nc1", "NC1 ratio", "nc3_centred",
                    "NC3 ratio", "meets it", "device"]].reset_index(drop=True)

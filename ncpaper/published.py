@@ -105,16 +105,17 @@ def _runs_by_config(folder: Path, wanted: set[str]) -> dict[str, list[Run]]:
     return found
 
 
-def _match(configs: list[RunConfig], folder: Path, what: str, remedy: str) -> list[Run]:
+def _newest(configs: list[RunConfig], folder: Path) -> list[Run | None]:
+    """Each config's run under ``folder`` (None where there is none); one config on two data sources
+    (official, JPEG): the newest."""
     ids = [_config_id(config.validated().to_dict()) for config in configs]
     found = _runs_by_config(folder, set(ids)) if folder.is_dir() else {}
-    runs, missing = [], []
-    for config, config_id in zip(configs, ids, strict=True):
-        if candidates := found.get(config_id):  # one config on two data sources (official, JPEG): the newest
-            runs.append(max(candidates, key=lambda r: r.meta["created"]))
-        else:
-            missing.append(config.describe())
-    if missing:
+    return [max(found[i], key=lambda r: r.meta["created"]) if i in found else None for i in ids]
+
+
+def _match(configs: list[RunConfig], folder: Path, what: str, remedy: str) -> list[Run]:
+    runs = _newest(configs, folder)
+    if missing := [config.describe() for config, run in zip(configs, runs, strict=True) if run is None]:
         raise MissingResultError(f"no {what} run in {folder} for: {'; '.join(missing)}. {remedy}")
     return runs
 
@@ -164,10 +165,7 @@ def split_published(configs: list[RunConfig], profile: str, root: str | os.PathL
                     ) -> tuple[list[Run], list[RunConfig]]:
     """(the published runs among ``configs``, the configs not published): what a sweep need not retrain."""
     folder = published_dir(root) / profile
-    if not folder.is_dir():
-        return [], list(configs)
-    verify_published(folder, profile)
-    ids = [_config_id(config.validated().to_dict()) for config in configs]
-    found = _runs_by_config(folder, set(ids))
-    done = [max(found[i], key=lambda r: r.meta["created"]) for i in ids if i in found]
-    return done, [c for c, i in zip(configs, ids, strict=True) if i not in found]
+    if folder.is_dir():
+        verify_published(folder, profile)
+    runs = _newest(configs, folder)
+    return [r for r in runs if r is not None], [c for c, r in zip(configs, runs, strict=True) if r is None]

@@ -19,15 +19,6 @@ from multiprocessing import get_context
 from pathlib import Path
 
 
-def _train(config, results: str, data_root: str | None) -> str:
-    import torch
-
-    from ncpaper.results import run_or_load
-
-    torch.set_num_threads(1)
-    return str(run_or_load(config, results, data_root=data_root, threads=1).path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="paper")
@@ -45,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from ncpaper.profiles import all_configs, figure_configs
     from ncpaper.published import publish
     from ncpaper.results import load_run, results_dir
+    from ncpaper.sweep import _run_in_worker  # what a Dask worker runs: one thread, run_or_load
 
     configs = figure_configs(args.profile, args.figure) if args.figure else all_configs(args.profile)
     results = str(results_dir(args.results).resolve())
@@ -54,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     failed = 0
     pool = ProcessPoolExecutor(max_workers=len(configs), mp_context=get_context("spawn"))
-    jobs = {pool.submit(_train, config, results, args.data): config for config in configs}
+    jobs = {pool.submit(_run_in_worker, config, results, args.data, 1): config for config in configs}
     pending = set(jobs)
     while pending:
         left = args.deadline - (time.perf_counter() - tic)
