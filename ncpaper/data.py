@@ -10,7 +10,9 @@ The data root is, in order: the ``root`` argument, the ``NCPAPER_DATA`` environm
   ``~/.cache/ncpaper``); otherwise torchvision downloads the official files.
 
 A balanced subset takes ``n_per_class`` images of every class, chosen by ``seed``; the whole
-subset is held as one float32 tensor so training does no per-sample Python work.
+subset is held as one float32 tensor so training does no per-sample Python work. ``input_pool=k``
+averages the normalised images over k x k pixel blocks (CIFAR-10 32x32 -> 16x16 at k = 2): fewer
+inputs, so a cheaper first layer, for experiments that state it.
 
 A damaged file (a truncated IDX file or tarball, labels out of range) raises
 :class:`DataCorruptError` naming the file; an unpack killed midway leaves nothing behind for good
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = ["DATASETS", "DataCorruptError", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root",
-           "load", "process_alive"]
+           "load", "pixels_checksum", "process_alive"]
 
 # Per-channel normalisation constants of the official training sets.
 _NORMALISATION = {
@@ -176,6 +178,31 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+# pixels_sha256 of every split this process has loaded: a cached run's key needs only the checksum,
+# so reading many results that share their data (a phase diagram's lambdas) decodes it once.
+_CHECKSUMS: dict[tuple, str] = {}
+
+
+def _checksum_key(dataset, split, n_per_class, seed, base: Path) -> tuple:
+    return dataset, split, n_per_class, int(seed), str(base.resolve())
+
+
+def pixels_checksum(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
+                    root: str | os.PathLike | None = None) -> str:
+    """The ``pixels_sha256`` that :func:`load` gives these arguments (before any pooling), loaded once per process."""
+    key = _checksum_key(dataset, split, n_per_class, seed, data_root(root))
+    if key not in _CHECKSUMS:
+        load(dataset, split, n_per_class, seed, root=root)
+    return _CHECKSUMS[key]
+
+
+def check_input_pool(input_pool) -> None:
+    """``input_pool`` must be a positive integer (1: the images as they are)."""
+    if isinstance(input_pool, bool) or not isinstance(input_pool, int | float) or int(input_pool) != input_pool \
+            or input_pool < 1:
+        raise ValueError(f"input_pool must be a positive integer (1 keeps the images as they are), got {input_pool!r}")
+
+
 def _remove_stale_unpacks(cache: Path) -> None:
     """``cifar10-jpeg-<hash>.tmp<pid>`` folders of unpacks whose process is gone."""
     for tmp in cache.glob("cifar10-jpeg-*.tmp*"):
@@ -278,11 +305,12 @@ def balanced_indices(labels: np.ndarray, num_classes: int, n_per_class: int, see
 
 
 def load(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
-         root: str | os.PathLike | None = None, download: bool = True) -> LabelledImages:
+         root: str | os.PathLike | None = None, download: bool = True, input_pool: int = 1) -> LabelledImages:
     """Load ``dataset`` ('mnist' or 'cifar10'), ``split`` ('train' or 'test') as tensors.
 
     ``n_per_class=None`` keeps the whole split (unbalanced for MNIST); an integer takes a
-    balanced subset chosen by ``seed``.
+    balanced subset chosen by ``seed``. ``input_pool=k > 1`` averages the normalised images over
+    k x k pixel blocks (the provenance records it; the checksum stays that of the source pixels).
     """
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {list(DATASETS)}")
@@ -290,6 +318,7 @@ def load(dataset: str, split: str = "train", n_per_class: int | None = None, see
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n_per_class is not None and (int(n_per_class) != n_per_class or n_per_class < 1):
         raise ValueError(f"n_per_class must be a positive integer or None, got {n_per_class!r}")
+    check_input_pool(input_pool)
     base = data_root(root)
     images, labels, classes, provenance = _LOADERS[dataset](base, split == "train", download)
     if n_per_class is None:
@@ -300,11 +329,18 @@ def load(dataset: str, split: str = "train", n_per_class: int | None = None, see
     mean, std = _NORMALISATION[dataset]
     x = torch.from_numpy(pixels).float().div_(255)
     x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    if input_pool > 1:
+        if min(x.shape[-2:]) < input_pool:
+            raise ValueError(f"input_pool={input_pool} is larger than the {dataset} images ({tuple(x.shape[-2:])})")
+        x = torch.nn.functional.avg_pool2d(x, input_pool)
+        provenance["input_pool"] = int(input_pool)
     y = torch.from_numpy(labels[indices].astype(np.int64))
+    checksum = hashlib.sha256(pixels.tobytes() + y.numpy().tobytes()).hexdigest()
+    _CHECKSUMS[_checksum_key(dataset, split, n_per_class, seed, base)] = checksum
     provenance.update({
         "dataset": dataset, "split": split, "n_per_class": n_per_class, "seed": seed,
         "class_counts": torch.bincount(y, minlength=len(classes)).tolist(),
-        "pixels_sha256": hashlib.sha256(pixels.tobytes() + y.numpy().tobytes()).hexdigest(),
+        "pixels_sha256": checksum,
         "normalisation": {"mean": list(mean), "std": list(std)},
     })
     return LabelledImages(x=x, y=y, class_names=classes, provenance=provenance)

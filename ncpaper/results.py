@@ -406,6 +406,15 @@ def _remove_leftovers(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def data_checksums(config: RunConfig, data_root=None) -> dict:
+    """The checksums of a run's training and test images, part of its key (decoded once per process and split)."""
+    def checksum(split: str, n):
+        return data_module.pixels_checksum(config.dataset, split, n, config.seed, root=data_root)
+
+    return {"train": checksum("train", config.n_per_class),
+            "test": checksum("test", config.n_test_per_class) if config.n_test_per_class is not None else None}
+
+
 def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, progress: bool = False,
                 data_root: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                 threads: int | None = None) -> Run:
@@ -420,11 +429,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
     if int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     _check_device(config.device)
-    train = data_module.load(config.dataset, "train", config.n_per_class, config.seed, root=data_root)
-    test = (data_module.load(config.dataset, "test", config.n_test_per_class, config.seed, root=data_root)
-            if config.n_test_per_class is not None else None)
-    checksums = {"train": train.provenance["pixels_sha256"],
-                 "test": test.provenance["pixels_sha256"] if test else None}
+    checksums = data_checksums(config, data_root)
     key = config_key(config, checksums, threads)
     path = results_dir(results) / key
 
@@ -439,6 +444,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
         if (run := cached()) is not None:  # another process finished it while we waited
             return run
         _remove_leftovers(path)
+        train, test = config.load_data("train", data_root), config.load_data("test", data_root)
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

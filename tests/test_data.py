@@ -111,3 +111,20 @@ def test_a_truncated_cifar_tarball_is_named_and_leaves_nothing(tmp_path, data_ro
                                                     r".*\): restore it"):
         data.load("cifar10", "test", n_per_class=3, root=tmp_path)
     assert list(cache.iterdir()) == []  # neither the stale unpack nor this one's
+
+
+def test_input_pool_averages_pixel_blocks_and_is_recorded():
+    full = data.load("cifar10", "test", n_per_class=2, seed=0)
+    pooled = data.load("cifar10", "test", n_per_class=2, seed=0, input_pool=2)
+    assert pooled.x.shape == (20, 3, 16, 16) and torch.equal(pooled.y, full.y)
+    block = full.x[3, 1, 4:6, 10:12].mean()  # output pixel (2, 5) of image 3, channel 1
+    assert pooled.x[3, 1, 2, 5].item() == pytest.approx(block.item(), abs=1e-6)
+    assert pooled.provenance["input_pool"] == 2 and "input_pool" not in full.provenance
+    assert pooled.provenance["pixels_sha256"] == full.provenance["pixels_sha256"]  # the source pixels
+
+
+@pytest.mark.parametrize(("pool", "message"), [(0, "positive integer"), (1.5, "positive integer"),
+                                               (29, "larger than the mnist images")])
+def test_bad_input_pool_says_what_to_do(pool, message):
+    with pytest.raises(ValueError, match=message):
+        data.load("mnist", "test", n_per_class=1, input_pool=pool)

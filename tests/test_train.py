@@ -158,3 +158,37 @@ def test_bfloat16_autocast_trains_close_to_float32_and_keys_apart():
     assert all(p.dtype == torch.float32 for p in model16.parameters())
     assert rows16[-1]["train_loss"] == pytest.approx(rows32[-1]["train_loss"], rel=0.1)
     assert math.isfinite(rows16[-1]["nc1"])
+
+
+def test_fused_sgd_gives_the_plain_loops_weights_bit_for_bit():
+    """The optimiser fit uses on the CPU (fused) against torch's plain per-tensor loop, 30 steps."""
+    from ncpaper.models import make_model
+    from ncpaper.train import sgd
+
+    config = RunConfig.from_dict({**TINY, "weight_decay": 3e-3, "lr": 0.05})
+    x, y = torch.randn(64, 1, 28, 28), torch.nn.functional.one_hot(torch.arange(64) % 10, 10).float()
+    weights = []
+    for make_optimizer in (lambda p: sgd(p, config),
+                           lambda p: torch.optim.SGD(p, lr=0.05, momentum=config.momentum, weight_decay=3e-3,
+                                                     foreach=False)):
+        torch.manual_seed(0)
+        model = make_model("mlp", (1, 28, 28), 10, widths=[24, 16])
+        optimizer = make_optimizer(model.parameters())
+        for step in range(30):
+            batch = slice(step % 4 * 16, step % 4 * 16 + 16)
+            optimizer.zero_grad()
+            batch_loss(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert sgd(model.parameters(), config).defaults["fused"]
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_pooled_run_trains_on_pooled_images_and_refuses_unpooled_ones():
+    config = RunConfig.from_dict({**TINY, "dataset": "cifar10", "input_pool": 4, "n_test_per_class": 2})
+    rows, model, _ = fit(config)
+    assert model.body[1].in_features == 3 * 8 * 8 and math.isfinite(rows[-1]["test_nc1"])
+    assert "pooled 4x4" in config.describe() and config.to_dict()["input_pool"] == 4
+    assert "input_pool" not in RunConfig.from_dict(TINY).to_dict()  # older results keep their keys
+    with pytest.raises(ValueError, match=r"load them with config\.load_data"):
+        fit(config, train=data.load("cifar10", "train", 2, 0))
