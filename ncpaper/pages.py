@@ -224,6 +224,15 @@ def _run_commits(runs) -> str:
     return ", ".join(f"`{c}`" for c in commits)
 
 
+def _pooling(run) -> str:
+    """", images averaged over 2x2 pixel blocks (16x16 inputs)" for a pooled run, "" otherwise."""
+    k = run.config.input_pool
+    if k == 1:
+        return ""
+    height, width = run.meta["input_shape"][-2:]
+    return f", images averaged over {k}x{k} pixel blocks ({height}x{width} inputs)"
+
+
 def _lambdas(values) -> str:
     return ", ".join(f"{v:g}" for v in sorted(values))
 
@@ -344,8 +353,8 @@ class FigurePage:
         c, source, classes = self.runs[0].config, self.runs[0].meta["data_source"], self.runs[0].meta["num_classes"]
         test = (f", test error on {c.n_test_per_class * classes:,} test images ({c.n_test_per_class:,} per class)"
                 if c.n_test_per_class else "")
-        return (f"{source}, {c.n_per_class * classes:,} training images ({c.n_per_class:,} per class){test}, "
-                f"{c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
+        return (f"{source}{_pooling(self.runs[0])}, {c.n_per_class * classes:,} training images "
+                f"({c.n_per_class:,} per class){test}, {c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
 
     @cached_property
     def files(self) -> FigureFiles:
@@ -555,9 +564,9 @@ class PhasePage:
     @cached_property
     def description(self) -> str:
         c = self.runs[0].config
-        return (f"{self.runs[0].meta['data_source']}, {c.n_per_class} training images per class, "
-                f"{c.architecture()}, {c.epochs} epochs, {self.last['weight_decay'].nunique()} weight decays x "
-                f"{self.last['seed'].nunique()} seeds, profile '{self.profile}'")
+        return (f"{self.runs[0].meta['data_source']}{_pooling(self.runs[0])}, {c.n_per_class} training images "
+                f"per class, {c.architecture()}, {c.epochs} epochs, {self.last['weight_decay'].nunique()} weight "
+                f"decays x {self.last['seed'].nunique()} seeds, profile '{self.profile}'")
 
     @cached_property
     def files(self) -> FigureFiles:
@@ -620,7 +629,18 @@ class PhasePage:
                 f"collapses. Both edges depend on the training budget: a smaller $\\lambda$ needs more steps (about "
                 f"$1/(\\eta\\lambda)$) to reach the balanced critical point of Lemma 2, which is why the smallest "
                 f"values here behave like $\\lambda = 0$. {dead_text} The {len(self.runs)} runs took "
-                f"{minutes:.1f} CPU-minutes.")
+                f"{minutes:.1f} CPU-minutes.{self._pooling_note()}")
+
+    def _pooling_note(self) -> str:
+        k = self.runs[0].config.input_pool
+        if k == 1:
+            return ""
+        height, width = self.runs[0].meta["input_shape"][-2:]
+        return (f" These runs see each image averaged over {k}x{k} pixel blocks ({height}x{width} inputs): a "
+                f"first layer {k * k} times cheaper, so that the sweep fits the book's CPU budget. Side by side with "
+                f"the sweep on the full images (`benchmarks/README.md`: {height * k}x{width * k} inputs, twice the "
+                "epochs at half the rate) it puts both collapse onsets and the fit breakdown at the same λ, and "
+                f"collapses less at the strongest λ that still fit (its first layer has 1/{k * k} of the weights).")
 
     def theory_summary(self) -> tuple[pd.DataFrame, str]:
         """Per lambda > 0 (seed means): Lemma 2's balance per layer, RHS against symmetric quasi-interpolation,
@@ -706,9 +726,10 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
         configs = section_configs(part_profile, section, name)
         c = configs[0]
         cuts = ", ".join(f"{m:.0%}" for m in c.lr_milestones)
-        choices.append(f"{label} (profile '{part_profile}'): {c.architecture()}, {c.n_per_class:,} images per class, "
-                       f"{c.epochs} epochs, lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them, batch "
-                       f"{c.batch_size}, λ in {{{_lambdas({x.weight_decay for x in configs})}}}")
+        pooled = f", images averaged over {c.input_pool}x{c.input_pool} pixels" if c.input_pool > 1 else ""
+        choices.append(f"{label} (profile '{part_profile}'): {c.architecture()}{pooled}, {c.n_per_class:,} images "
+                       f"per class, {c.epochs} epochs, lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them, "
+                       f"batch {c.batch_size}, λ in {{{_lambdas({x.weight_decay for x in configs})}}}")
         try:
             runs = load_published(configs, part_profile) if published else run_sweep(configs, progress=progress)
         except MissingResultError:
