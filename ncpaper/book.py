@@ -133,10 +133,17 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers == 1 or len(pages) == 1:
         return {name: _execute_one(root, source, name, params, title, profile) for source, name, params, title in pages}
+    # the longest pages first (those that read and plot many runs), so that no long one starts last
+    order = sorted(pages, key=lambda page: next((k for k, prefix in enumerate(_LONGEST_FIRST)
+                                                 if page[1].startswith(prefix)), len(_LONGEST_FIRST)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         jobs = {name: pool.submit(_execute_one, root, source, name, params, title, profile)
-                for source, name, params, title in pages}
-        return {name: job.result() for name, job in jobs.items()}  # the first failure (in page order) is raised
+                for source, name, params, title in order}
+        return {name: jobs[name].result() for _, name, _, _ in pages}  # the first failure (in page order) is raised
+
+
+# Page names by how long they take to execute (the default profile, benchmarks/README.md), longest first
+_LONGEST_FIRST = ("layers", "phase", "figure")
 
 
 def build_site(root: Path) -> Path:

@@ -58,6 +58,8 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fc-width", type=int, default=256, help="ConvNet feature width")
     parser.add_argument("--n-per-class", type=int, default=d.n_per_class, help="training images per class")
     parser.add_argument("--n-test-per-class", type=int, default=d.n_test_per_class, help="test images per class")
+    parser.add_argument("--input-pool", type=int, default=d.input_pool,
+                        help="average the images over k x k pixel blocks (2: CIFAR-10 at 16x16; 1: as they are)")
     parser.add_argument("--lr", type=float, default=d.lr, help="the slides' learning rate eta")
     parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size")
@@ -73,8 +75,8 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
 def _config(args, weight_decay: float, seed: int) -> RunConfig:
     return RunConfig.from_dict({
         "dataset": args.dataset, "model": args.model, "sizes": _sizes(args), "n_per_class": args.n_per_class,
-        "n_test_per_class": args.n_test_per_class, "weight_decay": weight_decay, "lr": args.lr,
-        "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
+        "n_test_per_class": args.n_test_per_class, "input_pool": args.input_pool, "weight_decay": weight_decay,
+        "lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
         "n_measurements": args.n_measurements, "seed": seed, "device": args.device or RunConfig().device,
         "precision": args.precision})
 

@@ -86,6 +86,10 @@ def test_glued_values_are_the_derivations_and_checks(built):
         assert number(phase["n_runs"]) == 8 and number(phase["n_lambdas"]) == 4 and number(phase["n_seeds"]) == 2
         assert "λ" in phase["onset_text"] or "no λ" in phase["onset_text"]
         assert (root / "book" / "figures" / f"phase_{dataset}_smoke.pdf").stat().st_size > 0
+        page = (root / "_build" / "html" / "book" / "executed" / f"phase_{dataset}.html").read_text()
+        words = " ".join(re.sub(r"<[^>]+>", " ", page).split())
+        pooled = "averaged over 2x2 pixel blocks (16x16 inputs)"  # the smoke profile pools CIFAR-10 as the default
+        assert (pooled in words) == (dataset == "cifar10"), dataset
 
 
 def test_full_scale_pages_show_the_published_runs_or_say_they_are_not_published(built):

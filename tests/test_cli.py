@@ -80,6 +80,7 @@ def test_one_or_two_threads_are_two_runs(tmp_path, capsys):
         (["train", "--epochs", "0"], "epochs must be positive"),
         (["train", "--threads", "0"], "threads must be a positive integer, got 0"),
         (["train", "--n-per-class", "7000"], "has only 5421"),
+        (["train", "--input-pool", "0"], "input_pool must be a positive integer"),
         (["sweep", "--weight-decays"], "the sweep is empty"),
         (["--data", "/nonexistent", "train", "--epochs", "1"], "not found under data root /nonexistent"),
         (["train", *SMALL, "--device", "cuda"], "device 'cuda' asked for, but this torch"),
