@@ -54,8 +54,9 @@ def _timed(f) -> float:
     return time.perf_counter() - tic
 
 
-def network_speed(config, precision: str, steps: int) -> float:
-    """Training images/s of ``config``'s network on random data, fit's step, 1 thread (best of 3 blocks)."""
+def network_speed(config, precision: str, steps: int, seconds: float = 3.0) -> float:
+    """Training images/s of ``config``'s network on random data, fit's step, 1 thread (best of 3 blocks of at
+    most ``steps`` steps and about ``seconds``)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     channels, height, width = INPUTS[config.dataset]
@@ -67,8 +68,8 @@ def network_speed(config, precision: str, steps: int) -> float:
     x, targets = torch.randn(n, *shape), torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
-    def block():
-        for _ in range(steps):
+    def block(count):
+        for _ in range(count):
             idx = torch.randint(0, n, (config.batch_size,))
             with autocast:
                 out = model(x[idx])
@@ -77,8 +78,9 @@ def network_speed(config, precision: str, steps: int) -> float:
             loss.backward()
             optimizer.step()
 
-    block()  # warm-up
-    return config.batch_size * steps / min(_timed(block) for _ in range(3))
+    per_step = _timed(lambda: block(5)) / 5  # warm-up, and the step count for blocks of about `seconds`
+    count = max(3, min(steps, int(seconds / per_step)))
+    return config.batch_size * count / min(_timed(lambda: block(count)) for _ in range(3))
 
 
 def weights(config) -> int:
@@ -99,7 +101,7 @@ def main():
           f"{'yes' if cpu['avx512_bf16'] else 'no'}), torch {torch.__version__}, {datetime.date.today()}\n")
     print("| GEMM 2048^3 | 1 thread GFLOP/s | 2 threads GFLOP/s |\n| --- | --- | --- |")
     for dtype in ("float32", "bfloat16"):
-        print(f"| {dtype} | {peaks[f'{dtype}_1t']:.0f} | {peaks[f'{dtype}_2t']:.0f} |")
+        print(f"| {dtype} | {peaks[f'{dtype}_1t']:.3g} | {peaks[f'{dtype}_2t']:.3g} |")
     print("\n| part | network | batch | MFLOP/image | runs | TFLOP | fp32 images/s | fp32 GFLOP/s (of peak) "
           "| bf16 images/s | bf16 GFLOP/s (of peak) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

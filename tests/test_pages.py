@@ -28,6 +28,7 @@ def test_bibtex_is_generated_from_citation_cff_and_agrees_with_references_bib():
         assert f"{{{key}," in references
     assert "doi     = {10.1073/pnas.2015509117}" in references
     assert cff["version"] == __version__
+    assert f"Version {__version__};" in references  # the book's bibliography cites this version
 
 
 def test_citation_names_the_missing_file(tmp_path):
