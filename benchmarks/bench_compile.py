@@ -15,31 +15,20 @@ import argparse
 import time
 
 import torch
+from bench_cpu import synthetic_run
 
-from ncpaper.models import make_model
 from ncpaper.profiles import load_profile, section_configs
-from ncpaper.train import batch_loss, sgd
-
-INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+from ncpaper.train import sgd_step
 
 
 def step_times(config, compiled: bool, steps: int) -> tuple[float, float]:
     """(seconds of the first step, steady seconds per step) for ``config``'s network."""
-    torch.manual_seed(0)
-    channels, height, width = INPUTS[config.dataset]
-    shape = (channels, height // config.input_pool, width // config.input_pool)
-    model = make_model(config.model, shape, 10, **config.sizes)
+    model, optimizer, x, targets = synthetic_run(config)
     forward = torch.compile(model) if compiled else model
-    optimizer = sgd(model.parameters(), config)
-    n = config.n_per_class * 10
-    x, targets = torch.randn(n, *shape), torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
 
     def step():
-        idx = torch.randint(0, n, (config.batch_size,))
-        loss = batch_loss(forward(x[idx]), targets[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        idx = torch.randint(0, len(x), (config.batch_size,))
+        sgd_step(forward, optimizer, x[idx], targets[idx])
 
     tic = time.perf_counter()
     step()

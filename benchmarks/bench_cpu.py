@@ -25,7 +25,7 @@ import torch
 
 from ncpaper.models import make_model
 from ncpaper.profiles import load_profile, section_configs
-from ncpaper.train import batch_loss, sgd
+from ncpaper.train import sgd, sgd_step
 
 INPUTS = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -54,29 +54,34 @@ def _timed(f) -> float:
     return time.perf_counter() - tic
 
 
+def input_shape(config) -> tuple[int, int, int]:
+    """The network's input: the dataset's images after ``config.input_pool``."""
+    channels, height, width = INPUTS[config.dataset]
+    return channels, height // config.input_pool, width // config.input_pool
+
+
+def synthetic_run(config):
+    """(model, optimizer, x, one-hot targets): ``config``'s network with fit's optimiser, and random balanced
+    data of its training set's size."""
+    torch.manual_seed(0)
+    model = make_model(config.model, input_shape(config), 10, **config.sizes)
+    n = config.n_per_class * 10
+    x, targets = torch.randn(n, *input_shape(config)), torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
+    return model, sgd(model.parameters(), config), x, targets
+
+
 def network_speed(config, precision: str, steps: int, seconds: float = 3.0) -> float:
     """Training images/s of ``config``'s network on random data, fit's step, 1 thread (best of 3 blocks of at
     most ``steps`` steps and about ``seconds``)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    channels, height, width = INPUTS[config.dataset]
-    shape = (channels, height // config.input_pool, width // config.input_pool)
-    torch.manual_seed(0)
-    model = make_model(config.model, shape, 10, **config.sizes)
-    optimizer = sgd(model.parameters(), config)
-    n = config.n_per_class * 10
-    x, targets = torch.randn(n, *shape), torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float()
+    model, optimizer, x, targets = synthetic_run(config)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
     def block(count):
         for _ in range(count):
-            idx = torch.randint(0, n, (config.batch_size,))
-            with autocast:
-                out = model(x[idx])
-            loss = batch_loss(out, targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            idx = torch.randint(0, len(x), (config.batch_size,))
+            sgd_step(model, optimizer, x[idx], targets[idx], autocast)
 
     per_step = _timed(lambda: block(5)) / 5  # warm-up, and the step count for blocks of about `seconds`
     count = max(3, min(steps, int(seconds / per_step)))
@@ -84,9 +89,7 @@ def network_speed(config, precision: str, steps: int, seconds: float = 3.0) -> f
 
 
 def weights(config) -> int:
-    channels, height, width = INPUTS[config.dataset]
-    shape = (channels, height // config.input_pool, width // config.input_pool)
-    return sum(p.numel() for p in make_model(config.model, shape, 10, **config.sizes).parameters())
+    return sum(p.numel() for p in make_model(config.model, input_shape(config), 10, **config.sizes).parameters())
 
 
 def main():

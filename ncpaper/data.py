@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 __all__ = ["DATASETS", "DataCorruptError", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root",
-           "load", "pixels_checksum", "process_alive"]
+           "known_checksum", "load", "process_alive"]
 
 # Per-channel normalisation constants of the official training sets.
 _NORMALISATION = {
@@ -187,13 +187,10 @@ def _checksum_key(dataset, split, n_per_class, seed, base: Path) -> tuple:
     return dataset, split, n_per_class, int(seed), str(base.resolve())
 
 
-def pixels_checksum(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
-                    root: str | os.PathLike | None = None) -> str:
-    """The ``pixels_sha256`` that :func:`load` gives these arguments (before any pooling), loaded once per process."""
-    key = _checksum_key(dataset, split, n_per_class, seed, data_root(root))
-    if key not in _CHECKSUMS:
-        load(dataset, split, n_per_class, seed, root=root)
-    return _CHECKSUMS[key]
+def known_checksum(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
+                   root: str | os.PathLike | None = None) -> str | None:
+    """The ``pixels_sha256`` :func:`load` gave these arguments in this process (any pooling), or None if not loaded."""
+    return _CHECKSUMS.get(_checksum_key(dataset, split, n_per_class, seed, data_root(root)))
 
 
 def check_input_pool(input_pool) -> None:

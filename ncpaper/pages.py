@@ -27,8 +27,8 @@ import yaml
 from . import __version__
 
 __all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "PhasePage", "bibtex_from_citation", "citation",
-           "code_commit", "figure_page", "figures_dir", "page_figure", "phase_page", "pilot_table", "readable_columns",
-           "reproduce_runs", "show", "table", "table_html", "verdict_sentence"]
+           "code_commit", "figure_page", "figures_dir", "page_figure", "phase_page", "pilot_table", "pooling_text",
+           "readable_columns", "reproduce_runs", "show", "table", "table_html", "verdict_sentence"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -225,8 +225,8 @@ def _run_commits(runs) -> str:
     return ", ".join(f"`{c}`" for c in commits)
 
 
-def _pooling(run) -> str:
-    """", images averaged over 2x2 pixel blocks (16x16 inputs)" for a pooled run, "" otherwise."""
+def pooling_text(run) -> str:
+    """", images averaged over 2x2 pixel blocks (16x16 inputs)" for a run on pooled images, "" otherwise."""
     k = run.config.input_pool
     if k == 1:
         return ""
@@ -354,7 +354,7 @@ class FigurePage:
         c, source, classes = self.runs[0].config, self.runs[0].meta["data_source"], self.runs[0].meta["num_classes"]
         test = (f", test error on {c.n_test_per_class * classes:,} test images ({c.n_test_per_class:,} per class)"
                 if c.n_test_per_class else "")
-        return (f"{source}{_pooling(self.runs[0])}, {c.n_per_class * classes:,} training images "
+        return (f"{source}{pooling_text(self.runs[0])}, {c.n_per_class * classes:,} training images "
                 f"({c.n_per_class:,} per class){test}, {c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
 
     @cached_property
@@ -573,9 +573,10 @@ class PhasePage:
     @cached_property
     def description(self) -> str:
         c = self.runs[0].config
-        return (f"{self.runs[0].meta['data_source']}{_pooling(self.runs[0])}, {c.n_per_class} training images "
-                f"per class, {c.architecture()}, {c.epochs} epochs, {self.last['weight_decay'].nunique()} weight "
-                f"decays x {self.last['seed'].nunique()} seeds, profile '{self.profile}'")
+        return (f"{self.runs[0].meta['data_source']}{pooling_text(self.runs[0])}, {c.n_per_class} training "
+                f"images per class, {c.architecture()}, {c.epochs} epochs, "
+                f"{self.last['weight_decay'].nunique()} weight decays x {self.last['seed'].nunique()} seeds, "
+                f"profile '{self.profile}'")
 
     @cached_property
     def files(self) -> FigureFiles:

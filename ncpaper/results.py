@@ -406,13 +406,24 @@ def _remove_leftovers(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def data_checksums(config: RunConfig, data_root=None) -> dict:
-    """The checksums of a run's training and test images, part of its key (decoded once per process and split)."""
-    def checksum(split: str, n):
-        return data_module.pixels_checksum(config.dataset, split, n, config.seed, root=data_root)
+def data_checksums(config: RunConfig, data_root=None, loaded: dict | None = None) -> dict:
+    """The checksums of a run's training and test images, part of its key.
 
-    return {"train": checksum("train", config.n_per_class),
-            "test": checksum("test", config.n_test_per_class) if config.n_test_per_class is not None else None}
+    A split this process has loaded before is not decoded again (reading a phase diagram's runs decodes
+    each seed's subset once); one it has not is loaded into ``loaded`` (split -> data), for training.
+    """
+    loaded = {} if loaded is None else loaded
+
+    def checksum(split: str, n):
+        if n is None:
+            return None
+        known = data_module.known_checksum(config.dataset, split, n, config.seed, root=data_root)
+        if known is None:
+            loaded[split] = config.load_data(split, data_root)
+            known = loaded[split].provenance["pixels_sha256"]
+        return known
+
+    return {"train": checksum("train", config.n_per_class), "test": checksum("test", config.n_test_per_class)}
 
 
 def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, progress: bool = False,
@@ -429,7 +440,8 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
     if int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     _check_device(config.device)
-    checksums = data_checksums(config, data_root)
+    loaded: dict = {}
+    checksums = data_checksums(config, data_root, loaded)
     key = config_key(config, checksums, threads)
     path = results_dir(results) / key
 
@@ -444,7 +456,7 @@ def run_or_load(config: RunConfig, results: str | os.PathLike | None = None, pro
         if (run := cached()) is not None:  # another process finished it while we waited
             return run
         _remove_leftovers(path)
-        train, test = config.load_data("train", data_root), config.load_data("test", data_root)
+        train, test = (loaded[s] if s in loaded else config.load_data(s, data_root) for s in ("train", "test"))
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:

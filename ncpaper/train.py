@@ -12,6 +12,7 @@ This module returns rows and states; it knows nothing of files (see :mod:`ncpape
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -171,6 +172,20 @@ def sgd(parameters, config: RunConfig) -> torch.optim.SGD:
                            **fused)
 
 
+def sgd_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
+             autocast=None) -> torch.Tensor:
+    """One step of training on the batch (``x``, one-hot ``targets``): the forward pass under ``autocast``,
+    the slides' data term (:func:`batch_loss`), its gradient, the optimiser's step. Returns the batch loss
+    (detached)."""
+    with autocast or contextlib.nullcontext():
+        out = model(x)
+    loss = batch_loss(out, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1/(2B) sum_i ||y_i - f_i||^2 over a batch of B examples with one-hot ``targets`` (B x C).
 
@@ -264,13 +279,8 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
         total = torch.zeros((), device=device)
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
-            with autocast:
-                out = model(x[idx])
-            loss = batch_loss(out, targets[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(idx)
+            loss = sgd_step(model, optimizer, x[idx], targets[idx], autocast)
+            total += loss * len(idx)
         scheduler.step()
         train_seconds += time.perf_counter() - tic
         epoch_loss = total.item()
