@@ -76,7 +76,7 @@ def network_speed(config, precision: str, steps: int, seconds: float = 3.0) -> f
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     model, optimizer, x, targets = synthetic_run(config)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else None
 
     def block(count):
         for _ in range(count):

@@ -184,6 +184,41 @@ def test_fused_sgd_gives_the_plain_loops_weights_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
+@pytest.mark.parametrize("widths, shape, batch", [([24, 16], (1, 28, 28), 16), ([32, 8, 16], (3, 8, 8), 20)])
+def test_hand_written_mlp_gradient_gives_autograds_weights_bit_for_bit(widths, shape, batch):
+    """sgd_step's hand-written backward pass (fit's default for MLPs on the CPU) against autograd, 40 steps
+    with batches of two sizes (the last batch of an epoch is smaller)."""
+    from ncpaper.models import make_model
+    from ncpaper.train import sgd, sgd_step
+
+    config = RunConfig.from_dict({**TINY, "weight_decay": 3e-3, "lr": 0.05})
+    x = torch.randn(70, *shape)
+    y = torch.nn.functional.one_hot(torch.arange(70) % 10, 10).float()
+    weights, losses = [], []
+    for by_hand in (True, False):
+        torch.manual_seed(0)
+        model = make_model("mlp", shape, 10, widths=widths)
+        optimizer = sgd(model.parameters(), config)
+        steps = [sgd_step(model, optimizer, x[i % 4 * batch:][:batch + i % 2], y[i % 4 * batch:][:batch + i % 2],
+                          by_hand=by_hand) for i in range(40)]
+        weights.append([p.detach().clone() for p in model.parameters()])
+        losses.append(torch.stack(steps))
+    assert torch.equal(*losses) and losses[0][-1] < losses[0][0]
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
+
+
+def test_fit_takes_the_hand_written_gradient_only_where_it_applies():
+    from ncpaper.models import make_model
+    from ncpaper.train import sgd, sgd_step
+
+    config = RunConfig.from_dict({**TINY, "model": "convnet", "sizes": {"channels": [4], "fc_width": 8}})
+    model = make_model("convnet", (1, 28, 28), 10, channels=[4], fc_width=8)
+    x, y = torch.randn(8, 1, 28, 28), torch.nn.functional.one_hot(torch.arange(8), 10).float()
+    with pytest.raises(TypeError, match="bias-free MLP"):
+        sgd_step(model, sgd(model.parameters(), config), x, y, by_hand=True)
+    assert math.isfinite(sgd_step(model, sgd(model.parameters(), config), x, y))  # the default: autograd
+
+
 def test_pooled_run_trains_on_pooled_images_and_refuses_unpooled_ones():
     config = RunConfig.from_dict({**TINY, "dataset": "cifar10", "input_pool": 4, "n_test_per_class": 2})
     rows, model, _ = fit(config)
