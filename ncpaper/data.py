@@ -5,7 +5,7 @@ The data root is, in order: the ``root`` argument, the ``NCPAPER_DATA`` environm
 
 * MNIST: torchvision's layout ``<root>/MNIST/raw/*-ubyte``; otherwise torchvision downloads it.
 * CIFAR-10: the official python batches ``<root>/cifar-10-batches-py``; a class-folder copy
-  ``<root>/cifar10-jpeg/{train,test}/<class>/*.jpg`` read with ``ImageFolder``; the tarball
+  ``<root>/cifar10-jpeg/{train,test}/<class>/*.jpg`` (listed as ``ImageFolder`` does); the tarball
   ``<root>/cifar10-jpeg.tar.gz`` unpacked once into the cache (``NCPAPER_CACHE``, default
   ``~/.cache/ncpaper``); otherwise torchvision downloads the official files.
 
@@ -123,8 +123,6 @@ def _missing(dataset: str, root: Path, looked_for: list[Path], err: Exception | 
 
 
 def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
-    from torchvision.datasets import MNIST
-
     split = "train" if train else "t10k"
     raw = root / "MNIST" / "raw"
     files = [raw / f"{split}-images-idx3-ubyte", raw / f"{split}-labels-idx1-ubyte"]
@@ -132,6 +130,8 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
     if not all(f.exists() for f in files):
         if not download:
             raise _missing("MNIST", root, files, None)
+        from torchvision.datasets import MNIST  # only to download: importing torchvision takes seconds
+
         try:
             MNIST(str(root), train=train, download=True)
         except Exception as err:
@@ -234,8 +234,6 @@ def _unpack_jpeg_tarball(tarball: Path) -> Path:
 
 
 def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
-    from torchvision.datasets import CIFAR10
-
     split = "train" if train else "test"
     official = root / "cifar-10-batches-py"
     folder = root / "cifar10-jpeg"
@@ -244,6 +242,8 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
         if tarball.exists():
             folder = _unpack_jpeg_tarball(tarball)
         elif download:
+            from torchvision.datasets import CIFAR10
+
             try:
                 CIFAR10(str(root), train=train, download=True)
             except Exception as err:
@@ -251,38 +251,58 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
         else:
             raise _missing("CIFAR-10", root, [official, folder, tarball], None)
     if official.exists():
+        from torchvision.datasets import CIFAR10
+
         ds = CIFAR10(str(root), train=train, download=False)
         images = ds.data.transpose(0, 3, 1, 2)
         files = sorted(official.glob("*_batch*"))
         provenance = {"source": "CIFAR-10 (official python batches)", "location": str(official.resolve()),
                       "files": {f.name: sha256_file(f) for f in files}}
         return images, np.asarray(ds.targets), tuple(ds.classes), provenance
-    ds = _image_folder(str(folder / split))
-    if tuple(ds.classes) != CIFAR10_CLASSES:
-        raise ValueError(f"{folder / split} has class folders {ds.classes}, expected {list(CIFAR10_CLASSES)}")
+    classes, paths, labels = image_folder(str(folder / split))
+    if classes != CIFAR10_CLASSES:
+        raise ValueError(f"{folder / split} has class folders {list(classes)}, expected {list(CIFAR10_CLASSES)}")
     provenance = {"source": "CIFAR-10 (JPEG q75 copy)", "location": str((folder / split).resolve()),
                   "files": {tarball.name: sha256_file(tarball)} if tarball.exists() else {}}
-    return _LazyImageFolder(ds), np.asarray(ds.targets), CIFAR10_CLASSES, provenance
+    return _LazyImages(paths), labels, CIFAR10_CLASSES, provenance
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @functools.lru_cache(maxsize=4)
-def _image_folder(path: str):
-    """torchvision's ``ImageFolder`` of ``path``, listed once per process (50,000 files: about a second, which
-    every run of a sweep's worker would otherwise pay again)."""
-    from torchvision.datasets import ImageFolder
+def image_folder(path: str) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+    """(classes, image paths, labels) of ``<path>/<class>/**/<image>``, in torchvision ``ImageFolder``'s order
+    (classes sorted, then each class's files in sorted walk order; a test holds the two equal), without
+    importing torchvision (seconds per process). Listed once per process: 50,000 files take about a second,
+    which every run of a sweep's worker would otherwise pay again."""
+    classes = tuple(sorted(entry.name for entry in os.scandir(path) if entry.is_dir()))
+    if not classes:
+        raise DataNotFoundError(f"{path} has no class folders: expected {path}/<class>/<image>.jpg")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for folder, _, files in sorted(os.walk(os.path.join(path, name), followlinks=True)):
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(folder, file))
+                    labels.append(label)
+    return classes, tuple(paths), np.asarray(labels, dtype=np.int64)
 
-    return ImageFolder(path)
 
-
-class _LazyImageFolder:
+class _LazyImages:
     """Decode only the images that a subset selects (a JPEG copy need not be decoded in full)."""
 
-    def __init__(self, folder):
-        self.folder = folder
+    def __init__(self, paths: tuple[str, ...]):
+        self.paths = paths
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
-        return np.stack([np.asarray(self.folder.loader(self.folder.samples[i][0]).convert("RGB"))
-                         for i in indices]).transpose(0, 3, 1, 2)
+        from PIL import Image
+
+        def rgb(path):
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+
+        return np.stack([rgb(self.paths[i]) for i in indices]).transpose(0, 3, 1, 2)
 
 
 _LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}

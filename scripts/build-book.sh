@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+unset PYTHONDONTWRITEBYTECODE  # pip did not byte-compile (install.sh): a module compiled once is kept
 source scripts/data-root.sh
 .venv/bin/ncpaper book --profile "${PROFILE:-default}" --workers "${WORKERS:-2}"

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+unset PYTHONDONTWRITEBYTECODE  # pip did not byte-compile (install.sh): a module compiled once is kept
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null;
   else echo "Chromium is needed for the site test: sudo apt-get install chromium" >&2; exit 1; fi

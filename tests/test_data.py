@@ -36,6 +36,26 @@ def test_cifar10_jpeg_copy_from_the_tarball():
     assert abs(split.x.mean().item()) < 0.5  # normalised
 
 
+def test_image_folder_lists_what_torchvisions_image_folder_lists(tmp_path):
+    """The JPEG copy's listing (no torchvision import) in ImageFolder's order and labels, nested folders and
+    other files included, and on the real test split."""
+    from torchvision.datasets import ImageFolder
+
+    for name, files in {"b": ["z.jpg", "sub/a.JPG", "a.png", "notes.txt"], "a": ["2.jpeg", "10.jpeg"]}.items():
+        for file in files:
+            (tmp_path / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / file).write_bytes(b"")
+    folders = [str(tmp_path)]
+    data.load("cifar10", "test", n_per_class=1)  # unpacks the shared copy into the cache if needed
+    folders += [str(p) for p in data.cache_dir().glob("cifar10-jpeg-*/test")][:1]
+    for folder in folders:
+        classes, paths, labels = data.image_folder(folder)
+        reference = ImageFolder(folder, loader=lambda path: path, allow_empty=True)
+        assert list(classes) == reference.classes
+        assert list(zip(paths, labels.tolist(), strict=True)) == reference.samples
+    assert len(folders) == 2 and len(data.image_folder(folders[1])[1]) == 10_000
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
