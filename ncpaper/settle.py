@@ -16,7 +16,9 @@ block-coordinate descent on J itself; every step leaves J no larger:
    lambda W_L = (1/NC) sum_i (y_i - f_i) h_i^T holds exactly.
 
 Rounds repeat until Lemma 2's balance holds on every layer within ``tolerance`` and the readout is
-stationary. The network stays the same architecture; nothing is trained by SGD here.
+stationary, or until a round leaves every weight as it was (a network whose every output is zero
+becomes all zeros, J's minimum along these steps, in two rounds). The network stays the same
+architecture; nothing is trained by SGD here.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ def settle(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, weight
     before = _objective(weights, f, y, weight_decay)
     rounds, balance_error, residual = 0, math.inf, math.inf
     for rounds in range(1, max_rounds + 1):  # noqa: B007 (rounds is reported)
+        previous = [w.clone() for w in weights]
         _balance_units(weights)
         h, f = _features_and_outputs(net, x)
         s = _best_global_scale(float((y * f).sum(1).mean()), float(f.pow(2).sum(1).mean()),
@@ -165,6 +168,8 @@ def settle(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, weight
         residual = float(stationarity.norm() / (weight_decay * weights[-1].norm()).clamp(min=1e-300))
         if balance_error < tolerance and residual < tolerance:
             break
+        if all(torch.equal(w, v) for w, v in zip(weights, previous, strict=True)):
+            break  # a fixed point (a dead network is all zeros after two rounds): every further round repeats it
     after = _objective(weights, f, y, weight_decay)
     return Settled(net.to(torch.float32), rounds, time.perf_counter() - tic, before, after, balance_error,
                    residual, balance_error < tolerance and residual < tolerance)

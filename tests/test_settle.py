@@ -57,6 +57,19 @@ def test_settling_lowers_the_objective_and_reaches_the_balance(model_name):
     assert result.readout_residual < 1e-3
 
 
+def test_a_dead_network_settles_to_zero_and_stops_there():
+    """Every output zero (a layer of dead units): the rounds reach W = 0, where J = 1/2 is as low as these steps
+    go and every further round repeats it, so settling stops within a few rounds instead of max_rounds."""
+    model, x, labels = small_problem()
+    with torch.no_grad():
+        model.body[3].weight.clamp_(max=0)  # the second hidden layer's units never fire on x >= 0 features
+    result = settle(model, x, labels, weight_decay=0.5, max_rounds=200)
+    assert result.rounds <= 4 and not result.converged and result.objective_after == 0.5
+    assert not any(w.any() for _, w in weight_matrices(result.model))
+    again = settle(result.model, x, labels, weight_decay=0.5)
+    assert again.rounds == 1 and again.objective_before == again.objective_after == 0.5
+
+
 def test_stationarity_is_zero_for_the_readout_after_settling():
     model, x, labels = small_problem()
     result = settle(model, x, labels, weight_decay=1e-2)
