@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 __all__ = ["NOTEBOOKS", "PDF", "build_book", "build_pdf", "build_site", "execute_notebooks", "glued_values",
-           "page_names"]
+           "page_inputs", "page_names"]
 
 # (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
@@ -113,12 +113,86 @@ def _execute_one(root: Path, source: str, name: str, params: dict, title: str | 
     return seconds
 
 
-def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, workers: int = 1) -> dict[str, float]:
+# What no page's execution reads: tools' folders, the pages' own outputs, and the results folder (whose runs
+# enter page_inputs through their meta.json files instead)
+_NOT_INPUTS = {".git", ".venv", "_build", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis",
+               ".ipynb_checkpoints", "results", "data", "checkpoints", "book/executed", "book/figures"}
+
+
+def _results_dir(root: Path) -> Path:
+    return Path(os.environ.get("NCPAPER_RESULTS") or root / "results").resolve()
+
+
+def page_inputs(root: Path, name: str, params: dict, profile: str) -> str:
+    """A sha256 of everything that executing page ``name`` reads, so that an unchanged page need not run again.
+
+    Conservative: every file of the checkout outside ``_NOT_INPUTS`` (notebooks, ``published/``, the
+    benchmarks' tables, the citation ...) and of the ncpaper package wherever it is installed, the commit the
+    pages print, the page's parameters and profile,
+    every cached run's ``meta.json`` (which holds its metrics' sha256), the data files' sizes and times, the
+    ``NCPAPER_*`` locations, Python's and every installed distribution's version.
+    """
+    import hashlib
+    import importlib.metadata
+    import json
+
+    from .pages import code_commit
+
+    root = Path(root).resolve()
+    digest = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        digest.update(f"{label}\0{len(data)}\0".encode())
+        digest.update(data)
+
+    add("page", json.dumps({"name": name, "params": params, "profile": profile, "commit": code_commit(),
+                            "python": sys.version, "env": {k: os.environ.get(k) for k in
+                                                           ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE")},
+                            "distributions": sorted(f"{d.metadata['Name']}=={d.version}"
+                                                    for d in importlib.metadata.distributions())},
+                           sort_keys=True).encode())
+    package = Path(__file__).resolve().parent
+    for top in (root, package) if root not in package.parents else (root,):
+        for folder, dirs, files in os.walk(top):
+            relative = Path(folder).relative_to(top).as_posix()
+            dirs[:] = sorted(d for d in dirs if d not in _NOT_INPUTS and not d.endswith(".egg-info")
+                             and f"{relative}/{d}".removeprefix("./") not in _NOT_INPUTS)
+            for file in sorted(files):
+                add(f"{top.name}/{relative}/{file}", (Path(folder) / file).read_bytes())
+    results = _results_dir(root)
+    for meta in sorted(results.glob("*/meta.json")) if results.is_dir() else []:
+        add(f"run {meta.parent.name}", meta.read_bytes())
+    data = Path(os.environ.get("NCPAPER_DATA") or root / "data")
+    for path in sorted(p for pattern in ("*", "*/*", "*/*/*") for p in data.glob(pattern)) if data.is_dir() else []:
+        if path.is_file():
+            stat = path.stat()
+            add(f"data {path.relative_to(data)}", f"{stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _inputs_file(root: Path, name: str) -> Path:
+    return root / "book" / "executed" / f".{name}.inputs"
+
+
+def _unchanged(root: Path, name: str, inputs: str) -> bool:
+    """Whether ``book/executed/<name>.ipynb`` was executed from exactly ``inputs`` and its figure files are there."""
+    import re
+
+    executed, recorded = root / "book" / "executed" / f"{name}.ipynb", _inputs_file(root, name)
+    if not (executed.is_file() and recorded.is_file() and recorded.read_text() == inputs):
+        return False
+    figures = set(re.findall(r"figures/([\w.-]+\.(?:png|pdf|svg))", executed.read_text(errors="replace")))
+    return all((root / "book" / "figures" / figure).is_file() for figure in figures)
+
+
+def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, workers: int = 1,
+                      force: bool = False) -> dict[str, float | None]:
     """Execute every notebook on ``profile``, ``workers`` at a time; return seconds per notebook.
 
-    Fails naming notebook and cell. The pages are independent (each reads its runs from the cache or
-    ``published/`` and writes its own figure files), so two can run side by side: each is mostly a
-    kernel's start-up, imports and plotting on one core.
+    A page whose inputs (:func:`page_inputs`) are those of its last execution is not executed again (its
+    seconds are None), unless ``force`` or it is named in ``only``. Fails naming notebook and cell. The pages
+    are independent (each reads its runs from the cache or ``published/`` and writes its own figure files),
+    so two can run side by side: each is mostly a kernel's start-up, imports and plotting on one core.
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -127,19 +201,34 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
     _check_pages(only)
     _absolute_environment()
     (root / "book" / "executed").mkdir(parents=True, exist_ok=True)
-    pages = [(source, name, params, title) for source, name, params, title in NOTEBOOKS
-             if not only or name in only]
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or len(pages) == 1:
-        return {name: _execute_one(root, source, name, params, title, profile) for source, name, params, title in pages}
+    pages = [(source, name, params, title) for source, name, params, title in NOTEBOOKS
+             if not only or name in only]
+    inputs = {name: page_inputs(root, name, params, profile) for _, name, params, _ in pages}
+    skipped = [] if force or only else [name for name in inputs if _unchanged(root, name, inputs[name])]
+    if skipped:
+        print(f"unchanged since their last execution, not executed again: {', '.join(skipped)}", file=sys.stderr)
+    pages = [page for page in pages if page[1] not in skipped]
+    for name in inputs:
+        if name not in skipped:
+            _inputs_file(root, name).unlink(missing_ok=True)  # written again only when the execution succeeds
+    seconds = dict.fromkeys(skipped)
+    if workers == 1 or len(pages) <= 1:
+        for source, name, params, title in pages:
+            seconds[name] = _execute_one(root, source, name, params, title, profile)
+            _inputs_file(root, name).write_text(inputs[name])
+        return {name: seconds[name] for name in inputs}
     # the longest pages first (those that read and plot many runs), so that no long one starts last
     order = sorted(pages, key=lambda page: next((k for k, prefix in enumerate(_LONGEST_FIRST)
                                                  if page[1].startswith(prefix)), len(_LONGEST_FIRST)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         jobs = {name: pool.submit(_execute_one, root, source, name, params, title, profile)
                 for source, name, params, title in order}
-        return {name: jobs[name].result() for _, name, _, _ in pages}  # the first failure (in page order) is raised
+        for _, name, _, _ in pages:  # the first failure (in page order) is raised
+            seconds[name] = jobs[name].result()
+            _inputs_file(root, name).write_text(inputs[name])
+    return {name: seconds[name] for name in inputs}
 
 
 # Page names by how long they take to execute (the default profile, benchmarks/README.md), longest first
@@ -213,13 +302,14 @@ def build_pdf(root: Path, site: bool = True) -> Path:
 
 
 def build_book(root: Path, profile: str = "default", workers: int = 1, only: list[str] | None = None,
-               pdf: bool = False) -> dict:
+               pdf: bool = False, force: bool = False) -> dict:
     """Sweep, execute, render. Returns timings in seconds.
 
     ``workers``: training runs side by side (Dask), then notebooks side by side. ``only``: execute just
     these pages (names from :func:`page_names`; their notebooks train or read their own runs) and render
-    the site with the other pages as last executed. ``pdf``: typeset the PDF edition (:func:`build_pdf`,
-    needs TeX) before rendering the site, which then links it.
+    the site with the other pages as last executed. Pages whose inputs are unchanged since their last
+    execution are not executed again unless ``force`` (:func:`execute_notebooks`). ``pdf``: typeset the PDF
+    edition (:func:`build_pdf`, needs TeX) before rendering the site, which then links it.
     """
     from .profiles import all_configs
     from .sweep import run_sweep
@@ -238,7 +328,7 @@ def build_book(root: Path, profile: str = "default", workers: int = 1, only: lis
     if not only:
         run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
     timings["sweep"] = time.perf_counter() - tic
-    timings["notebooks"] = execute_notebooks(root, profile, only, workers=workers)
+    timings["notebooks"] = execute_notebooks(root, profile, only, workers=workers, force=force)
     if pdf:
         tic = time.perf_counter()
         build_pdf(root, site=False)

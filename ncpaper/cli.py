@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="re-execute only these pages (after one whole build) and re-render the site")
     book.add_argument("--pdf", action="store_true", help="also typeset the PDF edition (_build/latex/ncpaper.pdf, "
                       "needs TeX: see scripts/build-pdf.sh), which the site then links")
+    book.add_argument("--force", action="store_true", help="execute every page, also those whose inputs (files, "
+                      "runs, versions) are unchanged since their last execution")
 
     pdf = commands.add_parser("pdf", help="typeset the executed pages as one PDF (_build/latex/ncpaper.pdf) and "
                               "re-render the site to link it; executes and trains nothing")
@@ -147,12 +149,13 @@ def _book(args) -> int:
     tic = time.perf_counter()
     try:
         timings = build_book(Path(args.root), profile=args.profile, workers=args.workers, only=args.only,
-                             pdf=args.pdf)
+                             pdf=args.pdf, force=args.force)
     except (NotebookFailed, RuntimeError, ValueError, DataNotFoundError) as err:
         print(f"ncpaper: book build failed: {err}", file=sys.stderr)
         return 1
     site = Path(args.root).resolve() / "_build" / "html" / "index.html"
-    notebooks = ", ".join(f"{k} {v:.0f} s" for k, v in timings["notebooks"].items())
+    notebooks = ", ".join(f"{k} {v:.0f} s" if v is not None else f"{k} unchanged"
+                          for k, v in timings["notebooks"].items())
     pdf = f"; PDF {timings['pdf']:.0f} s" if "pdf" in timings else ""
     print(f"book built in {time.perf_counter() - tic:.0f} s (training/cache {timings['sweep']:.0f} s; "
           f"notebooks: {notebooks}{pdf}; rendering {timings['render']:.0f} s)\nopen {site}")

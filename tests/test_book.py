@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from ncpaper.book import NOTEBOOKS, NotebookFailed, build_book, build_site, execute_notebooks, glued_values
+from ncpaper.book import (
+    NOTEBOOKS,
+    NotebookFailed,
+    build_book,
+    build_site,
+    execute_notebooks,
+    glued_values,
+    page_inputs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["book/intro"] + [f"book/executed/{name}" for _, name, _, _ in NOTEBOOKS]
@@ -325,6 +333,27 @@ def test_pages_side_by_side_name_the_failing_one_and_finish_the_others(tmp_path)
         execute_notebooks(root, "smoke", only=["setting", "lemma1"], workers=2)
     assert (root / "book" / "executed" / "lemma1.ipynb").exists()
     assert glued_values(root / "book" / "executed" / "lemma1.ipynb")
+
+
+def test_a_rebuild_executes_only_the_pages_whose_inputs_changed(built, tmp_path_factory, monkeypatch):
+    root, _ = built
+    monkeypatch.setenv("NCPAPER_RESULTS", str(root / "results"))  # the build's environment (part of the inputs)
+    monkeypatch.setenv("NCPAPER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    before = page_inputs(root, "setting", {}, "smoke")
+    notebook, meta = root / "notebooks" / "setting.md", next((root / "results").glob("*/meta.json"))
+    for changed in (notebook, meta):
+        text = changed.read_text()
+        changed.write_text(text + "\n")
+        assert page_inputs(root, "setting", {}, "smoke") != before, changed
+        changed.write_text(text)
+    assert page_inputs(root, "setting", {}, "smoke") == before
+    assert page_inputs(root, "setting", {"x": 1}, "smoke") != before != page_inputs(root, "setting", {}, "default")
+    # nothing changed since the build: nothing is executed; a page's figure file gone: that page runs again
+    assert set(execute_notebooks(root, "smoke", workers=2).values()) == {None}
+    (root / "book" / "figures" / "figure2_mnist_smoke.png").unlink()
+    seconds = execute_notebooks(root, "smoke", workers=2)
+    assert seconds.pop("figure2_mnist") > 0 and set(seconds.values()) == {None}
+    assert (root / "book" / "figures" / "figure2_mnist_smoke.png").is_file()
 
 
 def test_a_failed_render_leaves_the_previous_site_untouched(built, tmp_path):
