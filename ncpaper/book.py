@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 __all__ = ["NOTEBOOKS", "PDF", "build_book", "build_pdf", "build_site", "execute_notebooks", "glued_values",
-           "page_inputs", "page_names"]
+           "page_inputs", "page_names", "shared_inputs"]
 
 # (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
@@ -123,15 +123,23 @@ def _results_dir(root: Path) -> Path:
     return Path(os.environ.get("NCPAPER_RESULTS") or root / "results").resolve()
 
 
-def page_inputs(root: Path, name: str, params: dict, profile: str) -> str:
-    """A sha256 of everything that executing page ``name`` reads, so that an unchanged page need not run again.
+def page_inputs(root: Path, name: str, params: dict, profile: str, shared: str | None = None) -> str:
+    """A sha256 of everything that executing page ``name`` reads, so that an unchanged page need not run again:
+    its parameters and profile, and what all pages share (:func:`shared_inputs`, computed if not given)."""
+    import hashlib
+    import json
 
-    Conservative: every file of the checkout outside ``_NOT_INPUTS`` (notebooks, ``published/``, the
-    benchmarks' tables, the citation ...) and of the ncpaper package wherever it is installed, the commit the
-    pages print, the page's parameters and profile,
-    every cached run's ``meta.json`` (which holds its metrics' sha256), the data files' sizes and times, the
-    ``NCPAPER_*`` locations, Python's and every installed distribution's version.
-    """
+    shared = shared_inputs(root) if shared is None else shared
+    page = json.dumps({"name": name, "params": params, "profile": profile}, sort_keys=True)
+    return hashlib.sha256(f"{shared}\0{page}".encode()).hexdigest()
+
+
+def shared_inputs(root: Path) -> str:
+    """A sha256 of what every page may read. Conservative: every file of the checkout outside ``_NOT_INPUTS``
+    (notebooks, ``published/``, the benchmarks' tables, the citation ...) and of the ncpaper package wherever it
+    is installed, the commit the pages print, every cached run's ``meta.json`` (which holds its metrics'
+    sha256), the data files' sizes and times, the ``NCPAPER_*`` locations, Python's and every installed
+    distribution's version."""
     import hashlib
     import importlib.metadata
     import json
@@ -145,20 +153,15 @@ def page_inputs(root: Path, name: str, params: dict, profile: str) -> str:
         digest.update(f"{label}\0{len(data)}\0".encode())
         digest.update(data)
 
-    add("page", json.dumps({"name": name, "params": params, "profile": profile, "commit": code_commit(),
-                            "python": sys.version, "env": {k: os.environ.get(k) for k in
-                                                           ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE")},
-                            "distributions": sorted(f"{d.metadata['Name']}=={d.version}"
-                                                    for d in importlib.metadata.distributions())},
-                           sort_keys=True).encode())
+    locations = {k: os.environ.get(k) for k in ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE")}
+    add("setting", json.dumps({"commit": code_commit(), "python": sys.version, "env": locations,
+                               "distributions": sorted(f"{d.metadata['Name']}=={d.version}"
+                                                       for d in importlib.metadata.distributions())},
+                              sort_keys=True).encode())
     package = Path(__file__).resolve().parent
     for top in (root, package) if root not in package.parents else (root,):
-        for folder, dirs, files in os.walk(top):
-            relative = Path(folder).relative_to(top).as_posix()
-            dirs[:] = sorted(d for d in dirs if d not in _NOT_INPUTS and not d.endswith(".egg-info")
-                             and f"{relative}/{d}".removeprefix("./") not in _NOT_INPUTS)
-            for file in sorted(files):
-                add(f"{top.name}/{relative}/{file}", (Path(folder) / file).read_bytes())
+        for file in _source_files(top):
+            add(f"{top.name}/{file}", (top / file).read_bytes())
     results = _results_dir(root)
     for meta in sorted(results.glob("*/meta.json")) if results.is_dir() else []:
         add(f"run {meta.parent.name}", meta.read_bytes())
@@ -168,6 +171,24 @@ def page_inputs(root: Path, name: str, params: dict, profile: str) -> str:
             stat = path.stat()
             add(f"data {path.relative_to(data)}", f"{stat.st_size} {stat.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+def _source_files(top: Path) -> list[str]:
+    """The files under ``top`` that a page may read, relative and sorted: in a git checkout those git tracks or
+    would track (.gitignore keeps out virtual environments and outputs), else every file; never ``_NOT_INPUTS``."""
+    listed = subprocess.run(["git", "-C", str(top), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True)
+    if listed.returncode == 0:
+        files = [f for f in listed.stdout.decode().split("\0") if f and (top / f).is_file()]
+    else:
+        files = [(Path(folder) / f).relative_to(top).as_posix() for folder, _, names in os.walk(top) for f in names]
+
+    def excluded(path: str) -> bool:
+        parts = path.split("/")
+        return any(p in _NOT_INPUTS or p.endswith(".egg-info") for p in parts[:-1]) or any(
+            path.startswith(f"{prefix}/") for prefix in _NOT_INPUTS if "/" in prefix)
+
+    return sorted(f for f in files if not excluded(f))
 
 
 def _inputs_file(root: Path, name: str) -> Path:
@@ -205,7 +226,8 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
         raise ValueError(f"workers must be >= 1, got {workers}")
     pages = [(source, name, params, title) for source, name, params, title in NOTEBOOKS
              if not only or name in only]
-    inputs = {name: page_inputs(root, name, params, profile) for _, name, params, _ in pages}
+    shared = shared_inputs(root)
+    inputs = {name: page_inputs(root, name, params, profile, shared) for _, name, params, _ in pages}
     skipped = [] if force or only else [name for name in inputs if _unchanged(root, name, inputs[name])]
     if skipped:
         print(f"unchanged since their last execution, not executed again: {', '.join(skipped)}", file=sys.stderr)
