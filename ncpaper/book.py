@@ -74,9 +74,13 @@ def _hide_injected_parameters(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+# The environment variables that say where data, results and the cache are
+_LOCATIONS = ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE")
+
+
 def _absolute_environment() -> None:
     """Kernels run in the book's root: make relative NCPAPER_* paths absolute from here first."""
-    for name in ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE"):
+    for name in _LOCATIONS:
         if os.environ.get(name):
             os.environ[name] = str(Path(os.environ[name]).expanduser().resolve())
 
@@ -120,7 +124,10 @@ _NOT_INPUTS = {".git", ".venv", "_build", "__pycache__", ".pytest_cache", ".ruff
 
 
 def _results_dir(root: Path) -> Path:
-    return Path(os.environ.get("NCPAPER_RESULTS") or root / "results").resolve()
+    """The results folder that the pages, run in ``root``, read."""
+    from .results import results_dir
+
+    return (Path(root) / results_dir()).resolve()
 
 
 def page_inputs(root: Path, name: str, params: dict, profile: str, shared: str | None = None) -> str:
@@ -144,6 +151,7 @@ def shared_inputs(root: Path) -> str:
     import importlib.metadata
     import json
 
+    from .data import data_root
     from .pages import code_commit
 
     root = Path(root).resolve()
@@ -153,7 +161,7 @@ def shared_inputs(root: Path) -> str:
         digest.update(f"{label}\0{len(data)}\0".encode())
         digest.update(data)
 
-    locations = {k: os.environ.get(k) for k in ("NCPAPER_DATA", "NCPAPER_RESULTS", "NCPAPER_CACHE")}
+    locations = {k: os.environ.get(k) for k in _LOCATIONS}
     add("setting", json.dumps({"commit": code_commit(), "python": sys.version, "env": locations,
                                "distributions": sorted(f"{d.metadata['Name']}=={d.version}"
                                                        for d in importlib.metadata.distributions())},
@@ -165,7 +173,7 @@ def shared_inputs(root: Path) -> str:
     results = _results_dir(root)
     for meta in sorted(results.glob("*/meta.json")) if results.is_dir() else []:
         add(f"run {meta.parent.name}", meta.read_bytes())
-    data = Path(os.environ.get("NCPAPER_DATA") or root / "data")
+    data = root / data_root()  # the data folder that the pages, run in root, read
     for path in sorted(p for pattern in ("*", "*/*", "*/*/*") for p in data.glob(pattern)) if data.is_dir() else []:
         if path.is_file():
             stat = path.stat()
@@ -240,16 +248,16 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
         for source, name, params, title in pages:
             seconds[name] = _execute_one(root, source, name, params, title, profile)
             _inputs_file(root, name).write_text(inputs[name])
-        return {name: seconds[name] for name in inputs}
-    # the longest pages first (those that read and plot many runs), so that no long one starts last
-    order = sorted(pages, key=lambda page: next((k for k, prefix in enumerate(_LONGEST_FIRST)
-                                                 if page[1].startswith(prefix)), len(_LONGEST_FIRST)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        jobs = {name: pool.submit(_execute_one, root, source, name, params, title, profile)
-                for source, name, params, title in order}
-        for _, name, _, _ in pages:  # the first failure (in page order) is raised
-            seconds[name] = jobs[name].result()
-            _inputs_file(root, name).write_text(inputs[name])
+    else:
+        # the longest pages first (those that read and plot many runs), so that no long one starts last
+        order = sorted(pages, key=lambda page: next((k for k, prefix in enumerate(_LONGEST_FIRST)
+                                                     if page[1].startswith(prefix)), len(_LONGEST_FIRST)))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            jobs = {name: pool.submit(_execute_one, root, source, name, params, title, profile)
+                    for source, name, params, title in order}
+            for _, name, _, _ in pages:  # the first failure (in page order) is raised
+                seconds[name] = jobs[name].result()
+                _inputs_file(root, name).write_text(inputs[name])
     return {name: seconds[name] for name in inputs}
 
 
@@ -348,7 +356,7 @@ def build_book(root: Path, profile: str = "default", workers: int = 1, only: lis
     timings = {}
     tic = time.perf_counter()
     if not only:
-        run_sweep(all_configs(profile), workers=workers, results=os.environ.get("NCPAPER_RESULTS", root / "results"))
+        run_sweep(all_configs(profile), workers=workers, results=_results_dir(root))
     timings["sweep"] = time.perf_counter() - tic
     timings["notebooks"] = execute_notebooks(root, profile, only, workers=workers, force=force)
     if pdf:

@@ -22,7 +22,7 @@ import torch
 
 from . import data as data_module
 from .measure import TrainingDivergedError, measure, square_loss
-from .models import MODELS, BiasFreeMLP, make_model
+from .models import MODELS, BiasFreeMLP, make_model, weight_matrices
 from .settle import readout_decomposition, settle, stationarity
 
 __all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "mse_equivalent",
@@ -208,8 +208,7 @@ def mlp_backward(model: BiasFreeMLP, x: torch.Tensor, targets: torch.Tensor) -> 
     if not isinstance(model, BiasFreeMLP):
         raise TypeError(f"the hand-written gradient is for a bias-free MLP, not {type(model).__name__}: "
                         f"train it with by_hand=False (autograd)")
-    weights = [layer.weight for layer in model.body if isinstance(layer, torch.nn.Linear)]
-    weights.append(model.classifier.weight)
+    weights = [w for _, w in weight_matrices(model)]
     hidden = [x.flatten(1)]
     for weight in weights[:-1]:
         hidden.append(torch.relu(hidden[-1] @ weight.T))
