@@ -7,6 +7,13 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 stamp=.venv/.ncpaper-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # The venv takes 6.3 GB (torch's CUDA build); pip fails with "No space left on device" a minute in without it.
+  free_kb=$(df -Pk .venv | awk 'NR == 2 {print $4}')
+  if ! compgen -G ".venv/lib/python*/site-packages/torch" >/dev/null && [ "$free_kb" -lt $((7 * 1024 * 1024)) ]; then
+    echo "install.sh: the virtual environment needs about 7 GB of free disk (torch's CUDA build is 6.3 GB);" \
+      "only $((free_kb / 1024 / 1024)) GB is free on $(df -P .venv | awk 'NR == 2 {print $6}'). Free some space and rerun." >&2
+    exit 1
+  fi
   .venv/bin/python -m pip install --quiet --upgrade pip
   # --no-compile: byte-compiling all ~13,000 modules took 72 of the install's ~170 s; the ~4,000 that the book
   # imports are compiled by importing them (torch's while pip installs the rest), and Python compiles any
