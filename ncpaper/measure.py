@@ -6,10 +6,11 @@ residual ``r_i = y_i - f_i``, W = W_L (C x p), h = the last hidden layer's featu
 lambda = ``weight_decay``. Hidden layers h_1 .. h_{L-1} are :meth:`~ncpaper.models.HomogeneousClassifier.
 layer_features` (MLP: each post-ReLU output; ConvNet: each stage after ReLU and max pooling, flattened).
 
-Every statistic streams over batches in float64 with no per-example storage: pass 1 over the training
-set gives every layer's class means and sums of squares and the output sums; pass 2 every layer's
-within-class scatter on the span of its centred means and its nearest-class-centre decisions; the test
-set gets the same two passes at the last layer.
+Every statistic streams over batches in float64: pass 1 over the training set gives every layer's class
+means and sums of squares and the output sums; pass 2 every layer's within-class scatter on the span of its
+centred means and its nearest-class-centre decisions; the test set gets the same two passes at the last
+layer. Pass 2 replays pass 1's features when they fit in ``KEEP_FEATURES_BYTES`` (the default profile's
+1,000 images: 12 MB) and computes them again otherwise (the full training sets): the same numbers either way.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from .metrics import (
 )
 from .models import weight_matrices
 
-__all__ = ["LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "evaluate", "measure", "square_loss"]
+__all__ = ["KEEP_FEATURES_BYTES", "LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "evaluate", "measure",
+           "square_loss"]
+
+# Pass 2 replays pass 1's float64 features and outputs when a split's take at most this much memory.
+KEEP_FEATURES_BYTES = 256 * 2**20
 
 # Measured at every hidden layer l = 1..L-1 as f"{key}_layer_{l}"; nc4_layer_l is the fraction of
 # training examples whose nearest class centre at layer l differs from the network's decision argmax f.
@@ -91,6 +96,33 @@ def _batches(split: data_module.LabelledImages, batch_size: int, device):
         yield split.x[start:start + batch_size].to(device), split.y[start:start + batch_size].to(device)
 
 
+class _TwoPasses:
+    """A split's batches through ``forward`` (a batch -> a tuple of tensors), iterated as (*outputs, labels).
+
+    The first iteration keeps the outputs when ``values_per_example`` float64 values per example fit in
+    KEEP_FEATURES_BYTES; a later iteration then replays them instead of running the network again.
+    """
+
+    def __init__(self, forward, split: data_module.LabelledImages, batch_size: int, device,
+                 values_per_example: int):
+        self._forward, self._split, self._batch_size, self._device = forward, split, batch_size, device
+        self._keep = len(split.y) * values_per_example * 8 <= KEEP_FEATURES_BYTES
+        self._kept: list[tuple] | None = None
+
+    def __iter__(self):
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept = []
+        for xb, yb in _batches(self._split, self._batch_size, self._device):
+            batch = (*self._forward(xb), yb)
+            if self._keep:
+                kept.append(batch)
+            yield batch
+        if self._keep:
+            self._kept = kept
+
+
 def _forward(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every hidden layer's features (float64) and the outputs f (float64); raises if any is not finite."""
     layers = model.layer_features(x)
@@ -126,8 +158,8 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
     on, off = _Moments(), _Moments()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, errors, fit, output sum
     residual_features = torch.zeros_like(w)  # sum_i r_i h_i^T (C x p)
-    for xb, yb in _batches(train, batch_size, device):
-        layers, f = _forward(model, xb)
+    passes = _TwoPasses(lambda x: _forward(model, x), train, batch_size, device, sum(dims) + c)
+    for layers, f, yb in passes:
         for layer_stats, h in zip(stats, layers, strict=True):
             layer_stats.update(h, yb)
         onehot = torch.nn.functional.one_hot(yb, c).bool()
@@ -142,8 +174,7 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
     # Pass 2: every layer's scatter on the span of its centred means and nearest-class-centre decisions.
     spans = [SpanScatter(s) for s in stats]
     disagreements = torch.zeros(len(dims), dtype=torch.float64, device=device)
-    for xb, yb in _batches(train, batch_size, device):
-        layers, f = _forward(model, xb)
+    for layers, f, yb in passes:
         decision = f.argmax(1)
         for k, (span, h) in enumerate(zip(spans, layers, strict=True)):
             span.update(h, yb)
@@ -210,19 +241,21 @@ def _test_collapse(model, test: data_module.LabelledImages, train_stats: ClassSt
     c, n = model.num_classes, len(test.y)
     stats = ClassStatistics(c, model.feature_dim, device=device)
     loss, errors = 0.0, 0
-    for xb, yb in _batches(test, batch_size, device):
-        h = model.features(xb)
-        f = model.classifier(h).double()
+
+    def last_layer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = model.features(x)
+        return h.double(), model.classifier(h).double()
+
+    passes = _TwoPasses(last_layer, test, batch_size, device, model.feature_dim + c)
+    for h, f, yb in passes:
         loss += square_loss(f, yb, reduction="sum").item()
         errors += int((f.argmax(1) != yb).sum())
-        stats.update(h.double(), yb)
+        stats.update(h, yb)
     _require_complete(stats, "test")
     span = SpanScatter(stats)
     mismatches, ncc_errors = 0, 0
-    for xb, yb in _batches(test, batch_size, device):
-        h = model.features(xb)
-        decision = model.classifier(h).argmax(1)
-        h = h.double()
+    for h, f, yb in passes:
+        decision = f.argmax(1)
         span.update(h, yb)
         mismatches += int((nearest_class_centre(h, stats.means) != decision).sum())
         ncc_errors += int((nearest_class_centre(h, train_stats.means) != yb).sum())

@@ -95,6 +95,33 @@ def test_float32_network_measured_in_batches_agrees_with_one_pass():
         assert row[key] == pytest.approx(value, rel=1e-5), key
 
 
+def test_replaying_the_first_pass_gives_the_row_of_two_forward_passes(monkeypatch):
+    """Pass 2 replays pass 1's features when they fit (KEEP_FEATURES_BYTES); recomputing them gives the same row."""
+    import ncpaper.measure as measure_module
+
+    train, test = noisy_split(dtype=torch.float32), noisy_split(seed=1, dtype=torch.float32)
+    torch.manual_seed(2)
+    model = make_model("mlp", (1, 4, 4), C, widths=[20, 20])
+    replayed = measure(model, train, test, weight_decay=1e-2, batch_size=7)
+    forwards = 0
+
+    def counting(module, inputs, output):
+        nonlocal forwards
+        forwards += 1
+
+    handle = model.body[0].register_forward_hook(counting)  # the first layer: run by every forward pass
+    measure(model, train, test, weight_decay=1e-2, batch_size=7)
+    monkeypatch.setattr(measure_module, "KEEP_FEATURES_BYTES", 0)
+    replayed_forwards, forwards = forwards, 0
+    recomputed = measure(model, train, test, weight_decay=1e-2, batch_size=7)
+    handle.remove()
+    batches = math.ceil(len(train.y) / 7) + math.ceil(len(test.y) / 7)
+    assert (replayed_forwards, forwards) == (batches, 2 * batches)
+    assert replayed.keys() == recomputed.keys()
+    for key, value in replayed.items():
+        assert value == recomputed[key] or (math.isnan(value) and math.isnan(recomputed[key])), key
+
+
 def briefly_trained(model, train, steps=60):
     """A few full-batch gradient steps on the square loss, so that the outputs fit a little (fit_term > 0)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
