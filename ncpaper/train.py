@@ -312,11 +312,13 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
         tic = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=generator).to(device)
+        # one gather an epoch; each batch is then a view (x[order][a:b] == x[order[a:b]], value for value)
+        shuffled_x, shuffled_targets = x[order], targets[order]
         total = torch.zeros((), device=device)
         for start in range(0, n, config.batch_size):
-            idx = order[start:start + config.batch_size]
-            loss = sgd_step(model, optimizer, x[idx], targets[idx], autocast)
-            total += loss * len(idx)
+            stop = min(start + config.batch_size, n)
+            loss = sgd_step(model, optimizer, shuffled_x[start:stop], shuffled_targets[start:stop], autocast)
+            total += loss * (stop - start)
         scheduler.step()
         train_seconds += time.perf_counter() - tic
         epoch_loss = total.item()
