@@ -102,15 +102,30 @@ def bibtex_from_citation(cff: dict) -> str:
     return "\n".join(out)
 
 
+def _significant(digits: int):
+    """A cell formatter: floats to ``digits`` significant digits (0.0001234, 1.2e-07, 0.5; 12,345 whole when
+    it has more digits before the point), anything else as it is."""
+    def shown(value):
+        if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"):
+            value = float(value)
+            return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+        return value
+    return shown
+
+
 def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 4,
                index: bool = False) -> str:
-    """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide."""
+    """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide.
+
+    Floats show ``precision`` significant digits unless ``formats`` (column -> format string or function)
+    says otherwise; missing values show as a dash."""
     shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
     if index:
         shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
     formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
-    styler = shown.style.format(precision=precision, na_rep="–").format(formats, na_rep="–").set_caption(
-        html.escape(caption))
+    default = _significant(precision)
+    styler = shown.style.format({column: formats.get(column, default) for column in shown.columns},
+                                na_rep="–").set_caption(html.escape(caption))
     styler = styler.set_table_attributes('class="nc-table"')
     if not index:
         styler = styler.hide(axis="index")
@@ -277,10 +292,23 @@ def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = 
             + (f"**No** at {'; '.join(missed)}." if missed else ""))
 
 
-def _span(values, fmt: str | None = None) -> str:
-    """"a" or "a-b" for the smallest and largest of ``values`` (``fmt``, or ratios: 1.4, 7.1, 44)."""
+def _commit_notes(notes: list[str]) -> str:
+    """" Commit note(s) in the runs' metadata: ..." for a page's prose; "" when there is none."""
+    if len(notes) <= 1:
+        return "".join(f" Commit note in the runs' metadata: {n}." for n in notes)
+    return " Commit notes in the runs' metadata: " + "; ".join(f"({k}) {n}" for k, n in enumerate(notes, 1)) + "."
+
+
+def _percent(value: float) -> str:
+    """A rate as a percentage with two significant digits, so that 4e-5 reads 0.004%, not 0.00%; 0 reads 0%."""
+    return f"{value * 100:.2g}%"
+
+
+def _span(values, fmt=None) -> str:
+    """"a" or "a-b" for the smallest and largest of ``values``, shown by ``fmt`` (a format string or a function;
+    default: ratios to 3 digits, 1.4, 7.13, 43.7)."""
     lo, hi = min(values), max(values)
-    shown = (lambda v: fmt.format(v)) if fmt else (lambda v: f"{v:.1f}" if v < 10 else f"{v:.0f}")
+    shown = fmt if callable(fmt) else (lambda v: fmt.format(v)) if fmt else (lambda v: f"{v:.3g}")
     return shown(lo) if shown(lo) == shown(hi) else f"{shown(lo)}-{shown(hi)}"
 
 
@@ -423,17 +451,19 @@ class FigurePage:
         first_nc1 = train[train["epoch"] == train["epoch"].min()].groupby("weight_decay")["nc1"].mean()[0.0]
         parts = [f"**What to take from it** ({seeds} per λ). Without weight decay the network "
                  f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
-                 f"{zero['train_error']:.2%}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last epoch"
+                 f"{_percent(zero['train_error'])}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last "
+                 f"epoch"
                  + (f": NC1 fell {first_nc1 / zero['nc1']:.3g}-fold from the first measured epoch ({first_nc1:.3g}) "
                     f"without weight decay too." if first_nc1 > zero["nc1"] else
                     f", NC1 no lower than at the first measured epoch ({first_nc1:.3g}).")]
         if met:
             wrong = _span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}")  # seed means: rounded
             nc1s, nc3s = [ratio[w][0] for w in met], [ratio[w][1] for w in met]
-            parts.append(f"With λ = {_lambdas(met)} it misclassifies {wrong} of its {n_train:,} training "
-                         f"images (error at most {max(last.loc[w, 'train_error'] for w in met):.2%}) and NC1 is "
-                         f"{_span(nc1s)} and NC3 {_span(nc3s)} times smaller: the collapse of NC1 and NC3 with "
-                         f"weight decay that the paper's figures show.")
+            worst = max(last.loc[w, "train_error"] for w in met)
+            fit = (f"it fits all {n_train:,} training images" if worst == 0 else
+                   f"it misclassifies {wrong} of its {n_train:,} training images (error at most {_percent(worst)})")
+            parts.append(f"With λ = {_lambdas(met)} {fit} and NC1 is {_span(nc1s)} and NC3 {_span(nc3s)} times "
+                         f"smaller: the collapse of NC1 and NC3 with weight decay that the paper's figures show.")
             edge = [w for w in met if min(ratio[w]) < 1.1 * factor]
             if edge:
                 parts.append(f"At λ = {_lambdas(edge)} the smaller ratio is within 10% of our {factor:g}x threshold: "
@@ -441,7 +471,7 @@ class FigurePage:
         if weak:
             parts.append(f"At λ = {_lambdas(weak)} it fits but collapses less than {factor:g}-fold.")
         if unfit:
-            errors = _span([last.loc[w, "train_error"] for w in unfit], "{:.2%}")
+            errors = _span([last.loc[w, "train_error"] for w in unfit], _percent)
             parts.append(f"From λ = {min(unfit):g} on, more of the training set than our {max_train_error:.1%} "
                          f"threshold stays misclassified (error {errors}), so those runs are outside the terminal "
                          f"phase as we define it.")
@@ -462,8 +492,9 @@ class FigurePage:
             trained = trained[trained["weight_decay"] > 0][balance]
             parts.append(f"Lemma 2's balance (every layer's ratio 1) holds at critical points, and SGD's last "
                          f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settled "
-                         f"onto a critical point of the same objective after training (Lemma 2 page), every "
-                         f"weight-decay run meets it on every layer within "
+                         f"after training (Lemma 2 page: the classifier solved exactly and every unit and layer "
+                         f"rescaled, which makes the objective stationary in those directions though not in every "
+                         f"direction of the hidden layers), every weight-decay run meets it on every layer within "
                          f"{float((settled[balance] - 1).abs().max().max()):.2%}.")
         return " ".join(parts)
 
@@ -493,7 +524,7 @@ class FigurePage:
                     f"{prov['wall min'].sum():.0f} minutes. `ncpaper sweep --profile {self.profile} --figure "
                     f"{self.figure} --retrain-published` retrains them (resuming from checkpoints) and `ncpaper "
                     f"publish --profile {self.profile}` republishes them."
-                    + "".join(f" Commit note in the runs' metadata: {n}." for n in notes))
+                    + _commit_notes(notes))
         return (f"These runs are trained when the book is built (or read from the result cache, keyed by their "
                 f"configuration and data) on the profile '{self.profile}'.")
 
@@ -629,7 +660,8 @@ class PhasePage:
                       else "**no λ in this range**")
         breakdown_text = f"**λ = {breakdown:.2g}**" if breakdown == breakdown else "**no λ in this range**"
         dead_text = (f"From λ = {dead['weight_decay'].min():.2g} on, {len(dead)} of the runs end at the trivial "
-                     "solution f = 0 (every feature zero), where Neural Collapse is undefined; they appear as gaps."
+                     "solution f = 0 (every last-layer feature zero), where Neural Collapse is undefined; they "
+                     "appear as gaps."
                      if len(dead) else "No run ends at the trivial solution f = 0.")
         minutes = sum(r.meta["timings"]["train_seconds"] + r.meta["timings"]["measure_seconds"] for r in self.runs) / 60
         return (f"**Where collapse sets in.** Without weight decay NC1 ends at {nc1.loc[0.0, 'mean']:.3g} (mean of "
@@ -670,7 +702,8 @@ class PhasePage:
             name = "λ‖W_L‖²/RHS" if k == len(layers) else f"λ‖W_{k}‖²/RHS"
             positive[name] = (positive["weight_decay"] * positive[layer] / positive["fit_term"]).where(fits)
         positive["RHS/symmetric"] = (positive["fit_term"] / positive["symmetric"]).where(fits)
-        columns = ["train_error", "eps", "nc1", "nc3", "RHS/symmetric"] + [c for c in positive.columns if "/RHS" in c]
+        nc3 = "nc3_centred" if "nc3_centred" in positive.columns else "nc3"  # the figure's NC3 (W centred)
+        columns = ["train_error", "eps", "nc1", nc3, "RHS/symmetric"] + [c for c in positive.columns if "/RHS" in c]
         summary = positive.groupby("weight_decay")[[*columns, "w_mean_cosine"]].mean()
         summary["-1/(C-1)"] = -1 / (num_classes - 1)
         fitting = summary[summary["train_error"] <= 0.01]
@@ -681,7 +714,8 @@ class PhasePage:
             balance = (f"within {deviation.max():.1%} of Lemma 2's right-hand side at every $\\lambda$"
                        if close_from is None or close_from == deviation.index[0] else
                        f"within 5% of Lemma 2's right-hand side from $\\lambda$ = {close_from:g} on, and off by up to "
-                       f"{deviation.max():.1%} below that (where fewer steps than about $1/(\\eta\\lambda)$ were run)")
+                       f"{deviation.max():.1%} at smaller $\\lambda$ (where fewer steps than about "
+                       f"$1/(\\eta\\lambda)$ were run)")
             text = (f"Where the network still fits the data (training error at most 1%), the classifier's "
                     f"$\\lambda\\lVert W_L\\rVert^2$ is {balance}; the mean cosine between (uncentred) classifier "
                     f"rows is within {cosine:.3f} of $-1/(C-1)$.")
@@ -755,11 +789,40 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
         prov = provenance_table(runs)
         rows.append({"part": label, "profile": part_profile, "data": prov["data"][0], "runs": len(runs),
                      "epochs": c.epochs, "train images": prov["training images"][0],
-                     "minutes": (timings["train_seconds"] + timings["measure_seconds"]).sum() / 60,
+                     "minutes": timings["wall_seconds"].sum() / 60,  # as the figure pages count them
                      "measure / train": timings["measure_seconds"].sum() / timings["train_seconds"].sum(),
                      "images/s (median)": timings["images_per_second"].median(), "device": prov["device"][0],
                      "commits": ", ".join(sorted(set(prov["commit"]))), "created": prov["finished (UTC)"].max()})
     return pd.DataFrame(rows), choices, missing
+
+
+def full_scale_verdicts(profile: str = "paper") -> str:
+    """One sentence per figure of the published full-scale runs: the λ that meet our criterion and the training
+    error of those that do not fit (read from ``published/<profile>/``; "" for a figure not published)."""
+    from .analysis import last_rows
+    from .profiles import figure_configs
+    from .published import MissingResultError, load_published
+    from .results import collect
+
+    sentences = []
+    for figure, label in (("cifar10", "CIFAR-10"), ("mnist", "MNIST")):
+        try:
+            runs = load_published(figure_configs(profile, figure), profile)
+        except MissingResultError:
+            continue
+        last = last_rows(collect(runs)).groupby("weight_decay").mean(numeric_only=True)
+        judged = _judged(last, "nc3_centred", COLLAPSE_FACTOR, TERMINAL_TRAIN_ERROR)
+        met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= COLLAPSE_FACTOR]
+        unfit = [w for w, (_, fits) in judged.items() if not fits]
+        n_train = runs[0].config.n_per_class * runs[0].meta["num_classes"]
+        parts = []
+        if met:
+            parts.append(f"λ = {_lambdas(met)} {'meets' if len(met) == 1 else 'meet'} the criterion")
+        if unfit:
+            parts.append("λ = " + ", ".join(f"{w:g} leaves {_percent(last.loc[w, 'train_error'])}" for w in unfit)
+                         + " of the training set misclassified")
+        sentences.append(f"On all {n_train:,} {label} images " + " and ".join(parts) + ".")
+    return " ".join(sentences)
 
 
 PILOTS_CSV = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "pilots-h100.csv"

@@ -238,7 +238,8 @@ def _cpu_model() -> str:
 def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{_cpu_model()} ({platform.machine()}), {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{_cpu_model()} ({platform.machine()}), {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _versions() -> dict:

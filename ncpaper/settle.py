@@ -1,4 +1,4 @@
-"""Settling a trained network onto a critical point of the slides' objective, before testing the theory.
+"""Settling a trained network towards a critical point of the slides' objective, before testing the theory.
 
     J(W) = 1/(2NC) sum_{n,c} ||y_{n(c)} - f(x_{n(c)})||^2 + lambda/2 sum_l ||W_l||_F^2
 
@@ -18,7 +18,8 @@ block-coordinate descent on J itself; every step leaves J no larger:
 Rounds repeat until Lemma 2's balance holds on every layer within ``tolerance`` and the readout is
 stationary, or until a round leaves every weight as it was (a network whose every output is zero
 becomes all zeros, J's minimum along these steps, in two rounds). The network stays the same
-architecture; nothing is trained by SGD here.
+architecture; nothing is trained by SGD here. The result is stationary in W_L and along every rescaling,
+not in every direction of the hidden layers (:func:`stationarity` measures what is left).
 """
 
 from __future__ import annotations

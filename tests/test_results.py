@@ -155,7 +155,7 @@ def test_thread_count_is_in_the_key_and_the_metadata(tmp_path, monkeypatch):
     two = results.run_or_load(config, tmp_path, threads=2)
     assert one.path != two.path and len(calls) == 2
     assert (one.meta["threads"], two.meta["threads"]) == (1, 2)
-    assert "same CPU model" in one.meta["reproducibility"] and one.meta["device"].endswith(", 1 threads")
+    assert "same CPU model" in one.meta["reproducibility"] and one.meta["device"].endswith(", 1 thread")
     again = results.run_or_load(config, tmp_path, threads=1)
     assert again.path == one.path and len(calls) == 2
     assert_same_numbers(again.table, one.table)
