@@ -15,6 +15,7 @@ import base64
 import dataclasses
 import html
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ def _significant(digits: int):
     """A cell formatter: floats to ``digits`` significant digits (0.0001234, 1.2e-07, 0.5; 12,345 whole when
     it has more digits before the point), anything else as it is."""
     def shown(value):
-        if isinstance(value, float) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f"):
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # NumPy floats too
             value = float(value)
             return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
         return value
@@ -269,6 +270,14 @@ def _judged(last_means: pd.DataFrame, nc3_column: str, factor: float, max_train_
             for w in sorted(w for w in last_means.index if w > 0)}
 
 
+def _criterion_groups(judged: dict, factor: float) -> tuple[list, list, list]:
+    """:func:`_judged`'s lambdas split by our criterion: (met, fit but collapse less than ``factor``-fold, unfit)."""
+    met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= factor]
+    weak = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) < factor]
+    unfit = [w for w, (_, fits) in judged.items() if not fits]
+    return met, weak, unfit
+
+
 def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
                      max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
     """Our criterion (not the paper's): in the terminal phase (training error at most ``max_train_error``)
@@ -304,11 +313,10 @@ def _percent(value: float) -> str:
     return f"{value * 100:.2g}%"
 
 
-def _span(values, fmt=None) -> str:
-    """"a" or "a-b" for the smallest and largest of ``values``, shown by ``fmt`` (a format string or a function;
-    default: ratios to 3 digits, 1.4, 7.13, 43.7)."""
+def _span(values, shown=lambda v: f"{v:.3g}") -> str:
+    """"a" or "a-b" for the smallest and largest of ``values``, each as ``shown`` writes it (default: ratios to
+    3 digits, 1.4, 7.13, 43.7)."""
     lo, hi = min(values), max(values)
-    shown = fmt if callable(fmt) else (lambda v: fmt.format(v)) if fmt else (lambda v: f"{v:.3g}")
     return shown(lo) if shown(lo) == shown(hi) else f"{shown(lo)}-{shown(hi)}"
 
 
@@ -443,9 +451,7 @@ class FigurePage:
         n_train = self.runs[0].config.n_per_class * self.runs[0].meta["num_classes"]
         judged = _judged(last, nc3, factor, max_train_error)
         ratio = {w: ratios for w, (ratios, _) in judged.items()}
-        met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= factor]
-        weak = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) < factor]
-        unfit = [w for w, (_, fits) in judged.items() if not fits]
+        met, weak, unfit = _criterion_groups(judged, factor)
         seeds = "one seed" if self.seeds == 1 else f"{self.seeds} seeds, means"
         train = training_rows(self.table)
         first_nc1 = train[train["epoch"] == train["epoch"].min()].groupby("weight_decay")["nc1"].mean()[0.0]
@@ -457,7 +463,7 @@ class FigurePage:
                     f"without weight decay too." if first_nc1 > zero["nc1"] else
                     f", NC1 no lower than at the first measured epoch ({first_nc1:.3g}).")]
         if met:
-            wrong = _span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}")  # seed means: rounded
+            wrong = _span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}".format)  # seed means
             nc1s, nc3s = [ratio[w][0] for w in met], [ratio[w][1] for w in met]
             worst = max(last.loc[w, "train_error"] for w in met)
             fit = (f"it fits all {n_train:,} training images" if worst == 0 else
@@ -484,7 +490,7 @@ class FigurePage:
                          f"and {fall[0.0]:.1f} times without: the ratios are those at epoch {epochs}, not limits.")
         if "test_error" in last.columns and last["test_error"].notna().all():
             parts.append(f"Test error is {zero['test_error']:.1%} without weight decay and "
-                         f"{_span([last.loc[w, 'test_error'] for w in ratio], '{:.1%}')} with it.")
+                         f"{_span([last.loc[w, 'test_error'] for w in ratio], '{:.1%}'.format)} with it.")
         settled = settled_rows(self.table)
         balance = [c for c in settled.columns if c.startswith("balance_")]
         if len(settled) and balance:
@@ -812,8 +818,7 @@ def full_scale_verdicts(profile: str = "paper") -> str:
             continue
         last = last_rows(collect(runs)).groupby("weight_decay").mean(numeric_only=True)
         judged = _judged(last, "nc3_centred", COLLAPSE_FACTOR, TERMINAL_TRAIN_ERROR)
-        met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= COLLAPSE_FACTOR]
-        unfit = [w for w, (_, fits) in judged.items() if not fits]
+        met, _, unfit = _criterion_groups(judged, COLLAPSE_FACTOR)
         n_train = runs[0].config.n_per_class * runs[0].meta["num_classes"]
         parts = []
         if met:
