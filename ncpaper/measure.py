@@ -35,8 +35,8 @@ from .metrics import (
 )
 from .models import weight_matrices
 
-__all__ = ["KEEP_FEATURES_BYTES", "LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "evaluate", "measure",
-           "square_loss"]
+__all__ = ["KEEP_FEATURES_BYTES", "LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "data_term_gradients",
+           "evaluate", "gradient_norms", "measure", "square_loss"]
 
 # Pass 2 replays pass 1's float64 features and outputs when a split's take at most this much memory.
 KEEP_FEATURES_BYTES = 256 * 2**20
@@ -133,6 +133,40 @@ def _forward(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     return [h.double() for h in layers], f
 
 
+def data_term_gradients(model, split: data_module.LabelledImages, batch_size: int = 4096) -> list[torch.Tensor]:
+    """d/dW_l of the slides' data term 1/(2NC) sum_i ||y_i - f(x_i)||^2 over the whole ``split``, every layer l.
+
+    The network runs in its own dtype (a float64 copy gives float64 gradients); the batches' gradients are
+    summed in float64. Returned in layer order, float64, on the network's device.
+    """
+    params = [w for _, w in weight_matrices(model)]
+    device, dtype = params[0].device, params[0].dtype
+    grads = [torch.zeros_like(w, dtype=torch.float64) for w in params]
+    n = len(split.y)
+    with torch.enable_grad():
+        for xb, yb in _batches(split, batch_size, device):
+            term = square_loss(model(xb.to(dtype)), yb, reduction="sum") / n
+            for total, g in zip(grads, torch.autograd.grad(term, params), strict=True):
+                total += g.double()
+    return grads
+
+
+def gradient_norms(model, split: data_module.LabelledImages, weight_decay: float, batch_size: int = 4096) -> dict:
+    """How fast the slides' objective J still moves: full-batch gradient norms and the weights' size.
+
+    ``grad_norm`` = ||grad J||_F over all layers (J = data term + lambda/2 sum_l ||W_l||^2; 0 at a critical
+    point), ``data_grad_norm`` = ||grad of the data term||_F (with lambda = 0 the two are equal), and
+    ``weight_norm_sq`` = sum_l ||W_l||_F^2. The network runs in its training dtype (float32: a relative floor
+    near 1e-7 of ||lambda W|| for ``grad_norm`` with lambda > 0), summed in float64.
+    """
+    grads = data_term_gradients(model, split, batch_size)
+    weights = [w.detach().double() for _, w in weight_matrices(model)]
+    data = sum(float(g.pow(2).sum()) for g in grads)
+    total = sum(float((g + weight_decay * w).pow(2).sum()) for g, w in zip(grads, weights, strict=True))
+    return {"grad_norm": math.sqrt(total), "data_grad_norm": math.sqrt(data),
+            "weight_norm_sq": sum(float(w.pow(2).sum()) for w in weights)}
+
+
 def _require_complete(stats: ClassStatistics, split: str) -> None:
     empty = (stats.counts == 0).nonzero().flatten().tolist()
     if empty:
@@ -197,6 +231,7 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
         "w_row_norm_sq": float(w.pow(2).sum(1).mean()),
     }
     row.update(norms)
+    row.update(gradient_norms(model, train, weight_decay, batch_size))
     for k, norm in enumerate(norms.values(), start=1):  # Lemma 2: lambda ||W_k||^2 = fit_term at a critical point
         row[f"balance_{k}"] = weight_decay * norm / fit_term if weight_decay > 0 and fit_term > 0 else math.nan
     # stationarity in W_L: lambda W_L = (1/n) sum_i r_i h_i^T at a critical point

@@ -1,7 +1,8 @@
-"""Named experiment profiles (smoke | default | paper) read from ``profiles.yaml``.
+"""Named experiment profiles (smoke | default | paper | horizon) read from ``profiles.yaml``.
 
-A profile lists, for each figure, the shared run settings plus the weight decays and seeds to
-sweep; :func:`figure_configs` expands them into :class:`~ncpaper.train.RunConfig` objects.
+A profile lists, in its sections (``figures``, ``phase``, ``horizon``), entries of shared run settings plus
+the weight decays and seeds to sweep; :func:`section_configs` expands them into
+:class:`~ncpaper.train.RunConfig` objects.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import yaml
 
 from .train import RunConfig
 
-__all__ = ["all_configs", "figure_configs", "load_profile", "phase_configs", "profile_names",
-           "section_configs"]
+__all__ = ["SECTIONS", "all_configs", "figure_configs", "horizon_configs", "load_profile", "phase_configs",
+           "profile_names", "section_configs"]
+
+SECTIONS = ("figures", "phase", "horizon")
 
 
 def _profiles() -> dict:
@@ -32,7 +35,7 @@ def load_profile(name: str) -> dict:
 
 
 def section_configs(profile: str, section: str, name: str, device: str | None = None) -> list[RunConfig]:
-    """The runs of one entry of a profile section ("figures" or "phase"): every weight decay x seed."""
+    """The runs of one entry of a profile section (one of :data:`SECTIONS`): every weight decay x seed."""
     spec = load_profile(profile).get(section, {})
     if name not in spec:
         raise ValueError(f"profile {profile!r} has no {section} entry {name!r}; it has {list(spec)}")
@@ -54,8 +57,13 @@ def phase_configs(profile: str, dataset: str, device: str | None = None) -> list
     return section_configs(profile, "phase", dataset, device)
 
 
+def horizon_configs(profile: str, entry: str, device: str | None = None) -> list[RunConfig]:
+    """The runs of one long-horizon entry (e.g. ``mnist_constant``): every weight decay x seed."""
+    return section_configs(profile, "horizon", entry, device)
+
+
 def all_configs(profile: str, device: str | None = None) -> list[RunConfig]:
-    """Every run the book needs on this profile: both figures and the phase diagram."""
+    """Every run of this profile: its figures, phase diagrams and long horizons."""
     spec = load_profile(profile)
-    return [c for section in ("figures", "phase") for name in spec.get(section, {})
+    return [c for section in SECTIONS for name in spec.get(section, {})
             for c in section_configs(profile, section, name, device)]

@@ -100,7 +100,7 @@ def _runs_by_config(folder: Path, wanted: set[str]) -> dict[str, list[Run]]:
             config_id = _config_id(json.loads(meta.read_text())["config"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if config_id in wanted and (run := load_run(meta.parent)) is not None:
+        if config_id in wanted and (run := load_run(meta.parent, older_metrics=True)) is not None:
             found.setdefault(config_id, []).append(run)
     return found
 
@@ -142,7 +142,7 @@ def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None
             shutil.copy2(run.path / name, staging / name)
         meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES}}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-        if load_run(staging, run.meta["key"]) is None:
+        if load_run(staging, run.meta["key"], older_metrics=True) is None:
             shutil.rmtree(staging)
             raise RuntimeError(f"the copy of {run.path} does not read back; nothing was published for it")
         shutil.rmtree(target, ignore_errors=True)

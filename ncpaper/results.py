@@ -44,8 +44,9 @@ __all__ = ["SCHEMA_VERSION", "DiskFullError", "ResultsFolderError", "Run", "coll
            "default_threads", "load_run", "results_dir", "run_or_load"]
 
 SCHEMA_VERSION = 2
-# Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers.
-METRICS_VERSION = 3
+# Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers or adds columns.
+# 4: gradient norms and sum_l ||W_l||^2 at every measured epoch (grad_norm, data_grad_norm, weight_norm_sq).
+METRICS_VERSION = 4
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.json")
 # A checkpoint at least this often (seconds of wall time), besides every tenth of the epochs.
@@ -178,18 +179,22 @@ def _torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
-def load_run(path: Path, key: str | None = None) -> Run | None:
+def load_run(path: Path, key: str | None = None, older_metrics: bool = False) -> Run | None:
     """Read a cached run; None if it is missing, partial, corrupted, of an older schema or another key.
 
     ``meta.json`` must be a JSON object whose ``key`` is ``key`` (default: the folder's name) and
-    whose ``files`` sha256 match ``metrics.csv`` (and ``model.pt`` where listed).
+    whose ``files`` sha256 match ``metrics.csv`` (and ``model.pt`` where listed). ``older_metrics``
+    (published runs, a record of what an earlier version measured) also accepts a run measured with an
+    older ``METRICS_VERSION``: its table lacks the columns added since, never holds other numbers.
     """
     try:
         meta = json.loads((path / "meta.json").read_text())
         if not (isinstance(meta, dict) and isinstance(meta.get("files"), dict)
                 and isinstance(meta.get("config"), dict) and "metrics.csv" in meta["files"]):
             return None
-        if meta.get("schema") != SCHEMA_VERSION or meta.get("metrics_version") != METRICS_VERSION:
+        version = meta.get("metrics_version")
+        if meta.get("schema") != SCHEMA_VERSION or not isinstance(version, int) or not (
+                version == METRICS_VERSION or (older_metrics and 1 <= version < METRICS_VERSION)):
             return None
         if meta.get("key") != (key or path.name):
             return None

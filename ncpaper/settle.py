@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .measure import data_term_gradients
 from .models import weight_matrices
 
 __all__ = ["Settled", "readout_decomposition", "settle", "stationarity"]
@@ -185,15 +186,7 @@ def stationarity(model: torch.nn.Module, train, weight_decay: float, batch_size:
     """
     net = copy.deepcopy(model).to(_F64)
     params = [w for _, w in weight_matrices(net)]
-    device = params[0].device
-    grads = [torch.zeros_like(w) for w in params]
-    n = len(train.y)
-    for start in range(0, n, batch_size):
-        xb = train.x[start:start + batch_size].to(device, _F64)
-        yb = torch.nn.functional.one_hot(train.y[start:start + batch_size].to(device).long(), net.num_classes)
-        data_term = (yb.to(_F64) - net(xb)).pow(2).sum() / (2 * n)
-        for g, d in zip(grads, torch.autograd.grad(data_term, params), strict=True):
-            g += d
+    grads = data_term_gradients(net, train, batch_size)
     return [float((g + weight_decay * w.detach()).norm() / (weight_decay * w.detach().norm()).clamp(min=1e-300))
             for g, w in zip(grads, params, strict=True)]
 
