@@ -1,13 +1,20 @@
-"""Summaries of many runs: end-of-training rows, and where collapse sets in along lambda."""
+"""Summaries of many runs: end-of-training rows, where collapse sets in along lambda, and what happens after
+the network interpolates its training set (t*, the fall after it, the late slope)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-__all__ = ["collapse_onset", "fit_breakdown", "last_rows", "provenance_table", "seed_summary", "settled_rows",
-           "training_rows"]
+__all__ = ["TERMINAL_TRAIN_ERROR", "after_interpolation", "collapse_onset", "fit_breakdown",
+           "first_error_free_epoch", "interpolation_epoch", "last_rows", "late_slope", "provenance_table",
+           "seed_summary", "settled_rows", "training_rows"]
+
+# "Fits its training set" everywhere in the book: training error at most 0.2% (the terminal phase of Papyan,
+# Han & Donoho; one image in 500 on the phase diagrams' runs, 100 of the 50,000 CIFAR-10 images at full scale).
+TERMINAL_TRAIN_ERROR = 0.002
 
 
 def training_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -42,7 +49,7 @@ def collapse_onset(last: pd.DataFrame, column: str = "nc1", factor: float = 10.0
     return min(below) if below else math.nan
 
 
-def fit_breakdown(last: pd.DataFrame, max_error: float = 0.01) -> float:
+def fit_breakdown(last: pd.DataFrame, max_error: float = TERMINAL_TRAIN_ERROR) -> float:
     """The smallest lambda whose seed-mean training error exceeds ``max_error`` (nan: all fit)."""
     means = seed_summary(last, "train_error")["mean"]
     above = [w for w, v in means.items() if v > max_error]
@@ -66,3 +73,80 @@ def provenance_table(runs) -> pd.DataFrame:
             "images/s": timings.get("images_per_second", math.nan), "run": meta["key"],
         })
     return pd.DataFrame(rows)
+
+
+def _one_run(run: pd.DataFrame) -> pd.DataFrame:
+    rows = training_rows(run).sort_values("epoch", kind="stable")
+    if "run_id" in rows.columns and rows["run_id"].nunique() > 1:
+        raise ValueError(f"expected the rows of one run, got {rows['run_id'].nunique()} runs: group by run_id first "
+                         "(or call after_interpolation on the whole table)")
+    if rows.empty:
+        raise ValueError("the run has no rows measured during training")
+    return rows
+
+
+def interpolation_epoch(run: pd.DataFrame, max_error: float = TERMINAL_TRAIN_ERROR) -> float:
+    """t*: the first measured epoch from which the training error stays at most ``max_error`` at every later
+    measured epoch (nan: the last measurement is above it). Rows of one run; "settled" rows are ignored."""
+    rows = _one_run(run)
+    above = (rows["train_error"] > max_error).to_numpy()
+    if above[-1]:
+        return math.nan
+    start = int(np.flatnonzero(above)[-1]) + 1 if above.any() else 0
+    return float(rows["epoch"].iloc[start])
+
+
+def first_error_free_epoch(run: pd.DataFrame) -> float:
+    """The first measured epoch at which no training example is misclassified (nan: none)."""
+    rows = _one_run(run)
+    free = rows[rows["train_error"] == 0]
+    return float(free["epoch"].iloc[0]) if len(free) else math.nan
+
+
+def late_slope(run: pd.DataFrame, column: str = "nc1", decades: float = 1.0) -> float:
+    """d log(column) / d log(epoch) over the last ``decades`` of measured epochs (least squares).
+
+    A power law column ~ epoch^s gives s: 0 for a quantity that has stopped moving, -1 for one still falling
+    tenfold per decade. Uses the measured epochs in [last / 10^decades, last] with a positive finite value; nan
+    with fewer than three such points.
+    """
+    rows = _one_run(run)
+    last = rows["epoch"].iloc[-1]
+    late = rows[(rows["epoch"] >= last / 10**decades) & np.isfinite(rows[column]) & (rows[column] > 0)]
+    if len(late) < 3 or late["epoch"].nunique() < 2:
+        return math.nan
+    return float(np.polyfit(np.log10(late["epoch"].to_numpy(float)), np.log10(late[column].to_numpy(float)), 1)[0])
+
+
+def _value_at(rows: pd.DataFrame, epoch: float, column: str) -> float:
+    if not math.isfinite(epoch):
+        return math.nan
+    return float(rows.loc[rows["epoch"] == epoch, column].iloc[0])
+
+
+def after_interpolation(table: pd.DataFrame, columns=("nc1", "nc3_centred"),
+                        max_error: float = TERMINAL_TRAIN_ERROR, decades: float = 1.0) -> pd.DataFrame:
+    """One row per run: what each ``column`` does after the network interpolates its training set.
+
+    ``t_star`` (:func:`interpolation_epoch`), ``t_zero`` (:func:`first_error_free_epoch`), ``last_epoch``;
+    per column: ``<c>_at_t_star``, ``<c>_end`` (last measured epoch), ``<c>_fall`` = at_t_star / end (how many
+    times smaller it became after t*; 1: it stopped moving; nan: never interpolated) and ``<c>_slope``
+    (:func:`late_slope`). Keeps ``weight_decay``, ``seed`` and any ``schedule`` column of the runs.
+    """
+    missing = [c for c in ("run_id", "epoch", "train_error", *columns) if c not in table.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; it has {sorted(table.columns)}")
+    out = []
+    for run_id, run in training_rows(table).groupby("run_id", sort=False):
+        rows = _one_run(run)
+        t_star = interpolation_epoch(rows, max_error)
+        row = {"run_id": run_id, **{k: rows[k].iloc[0] for k in ("weight_decay", "seed", "schedule")
+                                    if k in rows.columns},
+               "t_star": t_star, "t_zero": first_error_free_epoch(rows), "last_epoch": float(rows["epoch"].iloc[-1])}
+        for column in columns:
+            at, end = _value_at(rows, t_star, column), float(rows[column].iloc[-1])
+            row.update({f"{column}_at_t_star": at, f"{column}_end": end,
+                        f"{column}_fall": at / end if end > 0 else math.nan,
+                        f"{column}_slope": late_slope(rows, column, decades)})
+        out.append(row)
+    return pd.DataFrame(out)
