@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["TERMINAL_TRAIN_ERROR", "after_interpolation", "collapse_onset", "fit_breakdown",
-           "first_error_free_epoch", "interpolation_epoch", "last_rows", "late_slope", "provenance_table",
-           "seed_summary", "settled_rows", "training_rows"]
+__all__ = ["TERMINAL_TRAIN_ERROR", "after_interpolation", "collapse_onset", "first_error_free_epoch",
+           "fit_breakdown", "interpolation_epoch", "last_rows", "late_slope", "provenance_table", "seed_summary",
+           "settled_rows", "training_rows"]
 
 # "Fits its training set" everywhere in the book: training error at most 0.2% (the terminal phase of Papyan,
 # Han & Donoho; one image in 500 on the phase diagrams' runs, 100 of the 50,000 CIFAR-10 images at full scale).
