@@ -1,0 +1,311 @@
+"""Is weight decay necessary for Neural Collapse? The paper's central claim, judged on long runs.
+
+The question is asked *after interpolation*: Lemma 1 says that without weight decay the loss can still fall
+once the network fits its training set, while the theorem's collapse is a property of weight decay's critical
+points. So for every run we take t* (the first measured epoch from which the training error stays at most
+0.2%, :func:`ncpaper.analysis.interpolation_epoch`), how far each quantity falls after it, and its late slope
+d log q / d log t over the last decade of epochs. :func:`verdict` turns those into "yes", "no" or "not decided
+by these runs" for one quantity, with the numbers that decide it; :class:`NecessityPage` reads the published
+``horizon`` runs (3,000 epochs, two learning-rate schedules, 3 seeds) and builds the page from them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import pandas as pd
+
+from .analysis import TERMINAL_TRAIN_ERROR, after_interpolation, training_rows
+
+__all__ = ["QUANTITIES", "SCHEDULES", "NecessityPage", "Verdict", "necessity_page", "spread", "verdict"]
+
+# The quantities judged, as the book names them: the class means' NC1, the centred classifier's NC3, NC4.
+QUANTITIES = {"nc1": "NC1", "nc3_centred": "NC3 (W centred)", "nc4": "NC4"}
+# The horizon profile's entries are <dataset>_<schedule>.
+SCHEDULES = {"schedule": "rate cut tenfold at 80%", "constant": "constant rate"}
+# "yes" needs lambda = 0 to end at least COLLAPSE_FACTOR times above the best weight decay on every seed pairing,
+# and its late rate to need more than REACH times the horizon's epochs to close that gap.
+COLLAPSE_FACTOR = 5.0
+REACH = 10.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one quantity on one set of runs (one dataset, one schedule), with what decided it."""
+
+    answer: str  # "yes", "no" or "not decided"
+    reason: str
+    best_lambda: float = math.nan  # the weight decay (fitting on every seed) with the smallest seed-mean end value
+    gap: float = math.nan  # lambda = 0's seed-mean end value over the best lambda's
+    worst_gap: float = math.nan  # smallest over seeds of lambda = 0 over the largest of the best lambda
+    zero_slope: float = math.nan  # lambda = 0's late slope, mean over seeds
+    epochs_to_close: float = math.nan  # at that slope, the epoch where lambda = 0 would reach the best lambda
+
+
+def spread(values, digits: int = 3) -> str:
+    """"mean (min-max)" of ``values`` (over seeds), ``digits`` significant digits; just the value for one."""
+    values = [float(v) for v in values if pd.notna(v)]
+    if not values:
+        return "–"
+    mean, lo, hi = sum(values) / len(values), min(values), max(values)
+    shown = f"{mean:.{digits}g}"
+    return shown if len(values) == 1 or lo == hi else f"{shown} ({lo:.{digits}g}–{hi:.{digits}g})"
+
+
+def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, reach: float = REACH) -> Verdict:
+    """Is weight decay necessary for ``column`` to collapse, on these runs (one dataset, one schedule)?
+
+    ``after``: :func:`~ncpaper.analysis.after_interpolation`'s rows, one per run, lambda = 0 and lambda > 0,
+    several seeds each. The rules (ours, not the paper's):
+
+    - "not decided" when lambda = 0 or no lambda > 0 interpolates on every seed (nothing to compare after t*);
+    - "no" when lambda = 0 ends within ``factor`` times the best lambda > 0 (seed means), or at 0;
+    - "yes" when it ends at least ``factor`` times above it on every pairing of seeds, and at lambda = 0's late
+      slope s (a power law q ~ t^s) closing the gap would take more than ``reach`` times the last epoch;
+    - "not decided" otherwise (the seeds overlap, or lambda = 0 is still falling fast enough to catch up).
+    """
+    end, slope = f"{column}_end", f"{column}_slope"
+    zero = after[after["weight_decay"] == 0]
+    fitting = after[after["weight_decay"] > 0].groupby("weight_decay").filter(
+        lambda runs: bool(runs["t_star"].notna().all()))
+    if zero.empty or zero["t_star"].isna().any():
+        return Verdict("not decided", "without weight decay the network does not fit its training set on every seed")
+    if fitting.empty:
+        return Verdict("not decided", "no weight decay fits the training set on every seed")
+    means = fitting.groupby("weight_decay")[end].mean()
+    best = float(means.idxmin())
+    zero_mean, best_mean = float(zero[end].mean()), float(means[best])
+    ends = fitting.loc[fitting["weight_decay"] == best, end]
+    gap = zero_mean / best_mean if best_mean > 0 else math.inf
+    worst = float(zero[end].min()) / float(ends.max()) if ends.max() > 0 else math.inf
+    s = float(zero[slope].mean())
+    last = float(zero["last_epoch"].max())
+    numbers = {"best_lambda": best, "gap": gap, "worst_gap": worst, "zero_slope": s}
+    if zero_mean == 0:
+        return Verdict("no", "without weight decay it reaches 0", **numbers)
+    if gap < factor:
+        return Verdict("no", f"without weight decay it ends within {factor:g}x of the best weight decay", **numbers)
+    if math.isnan(s):
+        return Verdict("not decided", "its late slope without weight decay is undefined", **numbers)
+    close = last * gap ** (1 / -s) if s < 0 and math.isfinite(gap) else math.inf
+    numbers["epochs_to_close"] = close
+    if worst < factor:
+        return Verdict("not decided", f"the gap is {gap:.3g}x on seed means but only {worst:.3g}x between the "
+                       "closest seeds", **numbers)
+    if close <= reach * last:
+        return Verdict("not decided", f"without weight decay it still falls fast enough (slope {s:.2f}) to close "
+                       f"the gap by epoch {close:,.0f}", **numbers)
+    return Verdict("yes", f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds) and at its late slope "
+                   f"({s:.2f}) it would take until epoch {close:.2g} to close", **numbers)
+
+
+def combined(answers) -> str:
+    """One answer from several schedules: theirs when they agree, else "not decided"."""
+    answers = set(answers)
+    return answers.pop() if len(answers) == 1 else "not decided"
+
+
+@dataclass
+class NecessityPage:
+    """The published horizon runs of one profile, their post-interpolation summary and the verdicts."""
+
+    profile: str
+    runs: list
+    root: str = "."
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        """Every measured row of every run, with ``dataset`` and ``schedule`` ("schedule" | "constant")."""
+        from .results import collect
+
+        table = collect(self.runs)
+        cut = {r.meta["key"]: "schedule" if r.config.lr_milestones else "constant" for r in self.runs}
+        return table.assign(schedule=table["run_id"].map(cut))
+
+    @cached_property
+    def after(self) -> pd.DataFrame:
+        """One row per run: t*, and each quantity at t*, at the end, its fall after t* and its late slope."""
+        frames = []
+        for dataset, runs in self.table.groupby("dataset", sort=False):
+            frames.append(after_interpolation(runs, columns=tuple(QUANTITIES)).assign(dataset=dataset))
+        return pd.concat(frames, ignore_index=True)
+
+    @cached_property
+    def verdicts(self) -> dict:
+        """(dataset, schedule, quantity) -> :class:`Verdict`."""
+        return {(d, s, q): verdict(group, q) for (d, s), group in self.after.groupby(["dataset", "schedule"])
+                for q in QUANTITIES}
+
+    def answer(self, dataset: str, quantity: str) -> str:
+        return combined(self.verdicts[(dataset, s, quantity)].answer for s in self.schedules)
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(self.after["dataset"]))
+
+    @property
+    def schedules(self) -> list[str]:
+        return [s for s in SCHEDULES if s in set(self.after["schedule"])]
+
+    def source(self, dataset: str) -> str:
+        return next(r.meta["data_source"] for r in self.runs if r.config.dataset == dataset)
+
+    def _zero_and_positive(self, dataset: str, schedule: str):
+        rows = self.after[(self.after["dataset"] == dataset) & (self.after["schedule"] == schedule)]
+        return rows[rows["weight_decay"] == 0], rows[rows["weight_decay"] > 0]
+
+    def answer_markdown(self) -> str:
+        """The page's first paragraph: the answer per dataset and quantity, with the numbers behind it."""
+        parts = []
+        for dataset in self.datasets:
+            clauses = []
+            for q, name in QUANTITIES.items():
+                clauses.append(f"{name}: **{self.answer(dataset, q)}**")
+            zero, positive = self._zero_and_positive(dataset, "constant" if "constant" in self.schedules
+                                                     else self.schedules[0])
+            best = self.verdicts[(dataset, "constant" if "constant" in self.schedules else self.schedules[0],
+                                  "nc1")].best_lambda
+            at_best = positive[positive["weight_decay"] == best]
+            numbers = (f"At a constant rate, once the network fits (training error at most {TERMINAL_TRAIN_ERROR:.1%} "
+                       f"from epoch t* = {spread(zero['t_star'])} on), NC1 "
+                       f"without weight decay goes from {spread(zero['nc1_at_t_star'])} to {spread(zero['nc1_end'])} "
+                       f"at epoch {zero['last_epoch'].max():,.0f} (late slope {spread(zero['nc1_slope'], 2)}) and "
+                       f"the centred NC3 to {spread(zero['nc3_centred_end'])} (slope "
+                       f"{spread(zero['nc3_centred_slope'], 2)}); with λ = {best:g} NC1 ends at "
+                       f"{spread(at_best['nc1_end'])} (slope {spread(at_best['nc1_slope'], 2)}) and NC3 at "
+                       f"{spread(at_best['nc3_centred_end'])}" if not math.isnan(best) else
+                       "No weight decay fits its training set on every seed here")
+            parts.append(f"**{self.source(dataset)}.** Is weight decay necessary? {'; '.join(clauses)}. "
+                         f"{numbers} (means over {zero['seed'].nunique()} seeds, ranges in brackets).")
+        return "\n\n".join(parts)
+
+    def one_line(self) -> str:
+        """The answer in one line, for the introduction."""
+        per = []
+        for dataset in self.datasets:
+            answers = {name: self.answer(dataset, q) for q, name in QUANTITIES.items()}
+            per.append(f"{self.source(dataset)}: " + ", ".join(f"{name} {a}" for name, a in answers.items()))
+        return "; ".join(per)
+
+    def verdict_table(self) -> pd.DataFrame:
+        """One row per dataset x schedule x quantity: the answer, the gap to the best weight decay, lambda = 0's
+        late slope and the epoch at which that slope would close the gap."""
+        rows = []
+        for (dataset, schedule, q), v in self.verdicts.items():
+            rows.append({"data": self.source(dataset), "schedule": SCHEDULES[schedule], "quantity": QUANTITIES[q],
+                         "answer": v.answer, "best λ": v.best_lambda, "gap (means)": v.gap,
+                         "gap (closest seeds)": v.worst_gap, "slope at λ = 0": v.zero_slope,
+                         "epochs to close": v.epochs_to_close, "why": v.reason})
+        return pd.DataFrame(rows)
+
+    def slope_table(self) -> pd.DataFrame:
+        """Per dataset, schedule and lambda: t*, and NC1 / centred NC3 at t*, at the end, their fall and late
+        slope, as mean (min-max) over seeds."""
+        rows = []
+        for (dataset, schedule, wd), runs in self.after.groupby(["dataset", "schedule", "weight_decay"], sort=True):
+            fits = int(runs["t_star"].notna().sum())
+            row = {"data": self.source(dataset), "schedule": SCHEDULES[schedule], "λ": f"{wd:g}",
+                   "fit (seeds)": f"{fits} of {len(runs)}", "t*": spread(runs["t_star"])}
+            for q in ("nc1", "nc3_centred"):
+                name = QUANTITIES[q]
+                row.update({f"{name} at t*": spread(runs[f"{q}_at_t_star"]), f"{name} end": spread(runs[f"{q}_end"]),
+                            f"{name} fall after t*": spread(runs[f"{q}_fall"]),
+                            f"{name} late slope": spread(runs[f"{q}_slope"], 2)})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def moving_markdown(self) -> str:
+        """Has lambda = 0 stopped moving? Its loss, gradient norm and weight norm over the last decade."""
+        parts = []
+        train = training_rows(self.table)
+        for dataset in self.datasets:
+            rows = train[(train["dataset"] == dataset) & (train["weight_decay"] == 0)
+                         & (train["schedule"] == "constant")]
+            runs = [g.sort_values("epoch") for _, g in rows.groupby("run_id")]
+            last = max(int(g["epoch"].iloc[-1]) for g in runs)
+
+            def ratio(column, runs=runs, last=last):
+                return spread([float(g.loc[g["epoch"] >= last / 10, column].iloc[0] / g[column].iloc[-1])
+                               for g in runs])
+
+            growth = [float(g["weight_norm_sq"].iloc[-1] / g.loc[g["epoch"] >= last / 10, "weight_norm_sq"].iloc[0])
+                      for g in runs]
+            parts.append(f"{self.source(dataset)}, λ = 0, constant rate: over the last decade (epoch "
+                         f"{last // 10:,} to {last:,}) the training loss fell {ratio('train_loss')}-fold, the "
+                         f"gradient norm {ratio('grad_norm')}-fold, and $\\sum_l\\lVert W_l\\rVert^2$ grew by a "
+                         f"factor {spread(growth, 4)}.")
+        return " ".join(parts)
+
+    def figure(self, columns=("nc1", "nc3_centred", "train_loss")):
+        """Rows: dataset x schedule; columns: ``columns`` against epoch (log-log); one colour per lambda, seed
+        bands (min-max), a dot at each lambda's median t*."""
+        return figure_horizon(self.table, self.after, columns, row_labels={
+            (d, s): f"{self.source(d)}, {SCHEDULES[s]}" for d in self.datasets for s in self.schedules})
+
+    def minutes(self) -> float:
+        return sum(r.meta["timings"]["wall_seconds"] for r in self.runs) / 60
+
+
+def necessity_page(profile: str = "horizon", root: str | os.PathLike = ".") -> NecessityPage:
+    """The published runs of ``profile``'s horizon section (read from ``published/<profile>/``, never trained)."""
+    from .profiles import load_profile, section_configs
+    from .published import load_published
+
+    configs = [c for entry in load_profile(profile).get("horizon", {})
+               for c in section_configs(profile, "horizon", entry)]
+    if not configs:
+        raise ValueError(f"profile {profile!r} has no horizon section")
+    return NecessityPage(profile, load_published(configs, profile), str(root))
+
+
+
+FIGURE_LABELS = {"nc1": r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", "nc3_centred": "NC3 (W centred)",
+                 "train_loss": r"training loss $\frac{1}{2NC}\sum\Vert y-f\Vert^2$",
+                 "grad_norm": r"$\Vert\nabla J\Vert_F$ (full batch)",
+                 "weight_norm_sq": r"$\sum_l \Vert W_l\Vert_F^2$"}
+
+
+def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels: dict):
+    """Rows: (dataset, schedule) in ``row_labels``; columns: ``columns`` against epoch, log-log. One colour and
+    marker per lambda (the book's palette), the seed mean as a line and min-max as a band, a dot at the median t*."""
+    import matplotlib.pyplot as plt
+
+    from .plots import PAGE_FONTS, PAGE_WIDTH_IN, weight_decay_label, weight_decay_palette, weight_decay_styles
+
+    train = training_rows(table)
+    palette, markers = weight_decay_palette(train["weight_decay"]), weight_decay_styles(train["weight_decay"])
+    with plt.rc_context(PAGE_FONTS):
+        fig, axes = plt.subplots(len(row_labels), len(columns), squeeze=False, constrained_layout=True,
+                                 figsize=(PAGE_WIDTH_IN, 1.9 * len(row_labels) + 0.6))
+        for r, ((dataset, schedule), label) in enumerate(row_labels.items()):
+            rows = train[(train["dataset"] == dataset) & (train["schedule"] == schedule)]
+            starts = after[(after["dataset"] == dataset) & (after["schedule"] == schedule)]
+            for k, column in enumerate(columns):
+                ax = axes[r, k]
+                for wd, runs in rows.groupby("weight_decay"):
+                    name = weight_decay_label(wd)
+                    band = runs.groupby("epoch")[column].agg(["mean", "min", "max"])
+                    band = band[band["min"] > 0]
+                    ax.plot(band.index, band["mean"], color=palette[name], marker=markers[name], markevery=6,
+                            markersize=3.5, linewidth=1.2, label=name)
+                    ax.fill_between(band.index, band["min"], band["max"], color=palette[name], alpha=0.2,
+                                    linewidth=0)
+                    t_star = starts.loc[starts["weight_decay"] == wd, "t_star"].median()
+                    if pd.notna(t_star) and t_star in band.index:
+                        ax.plot([t_star], [band.loc[t_star, "mean"]], "o", color=palette[name], markersize=6,
+                                markeredgecolor="black", markeredgewidth=0.8, zorder=5)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.grid(True, which="major", alpha=0.3)
+                if r == 0:
+                    ax.set_title(FIGURE_LABELS.get(column, column))
+                if k == 0:
+                    ax.set_ylabel(label, fontsize=8)
+                if r == len(row_labels) - 1:
+                    ax.set_xlabel("epoch")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+    return fig

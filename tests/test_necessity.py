@@ -1,0 +1,55 @@
+"""The weight-decay verdict on constructed post-interpolation tables with known answers."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from ncpaper.necessity import combined, spread, verdict
+
+
+def after(zero_ends, positive_ends, zero_slope=-0.02, t_star=10.0, positive_t_star=20.0, last=3000.0):
+    """after_interpolation-style rows: lambda = 0 and lambda = 0.01, one row per seed."""
+    rows = [{"weight_decay": 0.0, "seed": s, "t_star": t_star, "last_epoch": last, "nc1_end": v,
+             "nc1_slope": zero_slope} for s, v in enumerate(zero_ends)]
+    rows += [{"weight_decay": 0.01, "seed": s, "t_star": positive_t_star, "last_epoch": last, "nc1_end": v,
+              "nc1_slope": -1.0} for s, v in enumerate(positive_ends)]
+    return pd.DataFrame(rows)
+
+
+def test_yes_when_lambda_zero_stalls_far_above():
+    v = verdict(after([0.1, 0.11, 0.09], [0.001, 0.0012, 0.0008]), "nc1")
+    assert v.answer == "yes" and v.best_lambda == 0.01
+    assert v.gap == pytest.approx(0.1 / 0.001) and v.worst_gap == pytest.approx(0.09 / 0.0012)
+    assert v.epochs_to_close == pytest.approx(3000 * 100 ** (1 / 0.02))
+
+
+def test_not_decided_when_lambda_zero_still_falls_fast():
+    v = verdict(after([0.1] * 3, [0.001] * 3, zero_slope=-3.0), "nc1")
+    assert v.answer == "not decided" and v.epochs_to_close == pytest.approx(3000 * 100 ** (1 / 3))
+    assert "still falls" in v.reason
+
+
+def test_not_decided_when_seeds_overlap():
+    v = verdict(after([0.1, 0.1, 0.004], [0.001, 0.001, 0.002]), "nc1")
+    assert v.answer == "not decided" and v.worst_gap == pytest.approx(2.0)
+
+
+def test_no_when_lambda_zero_collapses_as_much():
+    assert verdict(after([0.003] * 3, [0.001] * 3), "nc1").answer == "no"
+    assert verdict(after([0.0] * 3, [0.0] * 3), "nc1").answer == "no"  # e.g. NC4 at 0 on both
+
+
+def test_only_fitting_weight_decays_count():
+    rows = after([0.1] * 3, [0.001] * 3)
+    rows.loc[rows["weight_decay"] > 0, "t_star"] = math.nan  # lambda > 0 never interpolates
+    v = verdict(rows, "nc1")
+    assert v.answer == "not decided" and "no weight decay fits" in v.reason
+    unfit_zero = after([0.1] * 3, [0.001] * 3)
+    unfit_zero.loc[0, "t_star"] = math.nan
+    assert verdict(unfit_zero, "nc1").answer == "not decided"
+
+
+def test_spread_and_combined():
+    assert spread([1.0, 2.0, 3.0]) == "2 (1–3)" and spread([0.5]) == "0.5" and spread([math.nan]) == "–"
+    assert combined(["yes", "yes"]) == "yes" and combined(["yes", "no"]) == "not decided"
