@@ -37,6 +37,7 @@ NOTEBOOKS = [
      "Where Neural Collapse sets in: a weight-decay phase diagram on MNIST"),
     ("phase.md", "phase_cifar10", {"dataset": "cifar10"},
      "Where Neural Collapse sets in: a weight-decay phase diagram on CIFAR-10"),
+    ("necessity.md", "necessity", {"profile": "horizon"}, None),  # published runs on every profile
     ("layers.md", "layers", {}, None),
     ("reproduce.md", "reproduce", {}, None),
 ]

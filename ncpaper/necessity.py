@@ -24,8 +24,12 @@ __all__ = ["QUANTITIES", "SCHEDULES", "NecessityPage", "Verdict", "necessity_pag
 
 # The quantities judged, as the book names them: the class means' NC1, the centred classifier's NC3, NC4.
 QUANTITIES = {"nc1": "NC1", "nc3_centred": "NC3 (W centred)", "nc4": "NC4"}
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 # The horizon profile's entries are <dataset>_<schedule>.
 SCHEDULES = {"schedule": "rate cut tenfold at 80%", "constant": "constant rate"}
+# NC4 is a fraction of training examples: at most TERMINAL_TRAIN_ERROR (one image in 500 on the horizon runs)
+# counts as reached, whatever a ratio of two such small counts says.
+FLOORS = {"nc4": TERMINAL_TRAIN_ERROR}
 # "yes" needs lambda = 0 to end at least COLLAPSE_FACTOR times above the best weight decay on every seed pairing,
 # and its late rate to need more than REACH times the horizon's epochs to close that gap.
 COLLAPSE_FACTOR = 5.0
@@ -55,14 +59,16 @@ def spread(values, digits: int = 3) -> str:
     return shown if len(values) == 1 or lo == hi else f"{shown} ({lo:.{digits}g}–{hi:.{digits}g})"
 
 
-def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, reach: float = REACH) -> Verdict:
+def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, reach: float = REACH,
+            floor: float = 0.0) -> Verdict:
     """Is weight decay necessary for ``column`` to collapse, on these runs (one dataset, one schedule)?
 
     ``after``: :func:`~ncpaper.analysis.after_interpolation`'s rows, one per run, lambda = 0 and lambda > 0,
     several seeds each. The rules (ours, not the paper's):
 
     - "not decided" when lambda = 0 or no lambda > 0 interpolates on every seed (nothing to compare after t*);
-    - "no" when lambda = 0 ends within ``factor`` times the best lambda > 0 (seed means), or at 0;
+    - "no" when lambda = 0 ends within ``factor`` times the best lambda > 0 (seed means), or at most at ``floor``
+      (0; for a rate such as NC4, whose resolution is one example, the book passes 0.2%);
     - "yes" when it ends at least ``factor`` times above it on every pairing of seeds, and at lambda = 0's late
       slope s (a power law q ~ t^s) closing the gap would take more than ``reach`` times the last epoch;
     - "not decided" otherwise (the seeds overlap, or lambda = 0 is still falling fast enough to catch up).
@@ -84,8 +90,9 @@ def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, r
     s = float(zero[slope].mean())
     last = float(zero["last_epoch"].max())
     numbers = {"best_lambda": best, "gap": gap, "worst_gap": worst, "zero_slope": s}
-    if zero_mean == 0:
-        return Verdict("no", "without weight decay it reaches 0", **numbers)
+    if zero_mean <= floor:
+        return Verdict("no", "without weight decay it reaches 0" if zero_mean == 0 else
+                       f"without weight decay it ends at {zero_mean:.2g}, at most {floor:g}", **numbers)
     if gap < factor:
         return Verdict("no", f"without weight decay it ends within {factor:g}x of the best weight decay", **numbers)
     if math.isnan(s):
@@ -136,8 +143,8 @@ class NecessityPage:
     @cached_property
     def verdicts(self) -> dict:
         """(dataset, schedule, quantity) -> :class:`Verdict`."""
-        return {(d, s, q): verdict(group, q) for (d, s), group in self.after.groupby(["dataset", "schedule"])
-                for q in QUANTITIES}
+        return {(d, s, q): verdict(group, q, floor=FLOORS.get(q, 0.0))
+                for (d, s), group in self.after.groupby(["dataset", "schedule"]) for q in QUANTITIES}
 
     def answer(self, dataset: str, quantity: str) -> str:
         return combined(self.verdicts[(dataset, s, quantity)].answer for s in self.schedules)
@@ -149,6 +156,11 @@ class NecessityPage:
     @property
     def schedules(self) -> list[str]:
         return [s for s in SCHEDULES if s in set(self.after["schedule"])]
+
+    @property
+    def main_schedule(self) -> str:
+        """The schedule the prose quotes: the constant rate where there is one (no rate cut to freeze it)."""
+        return "constant" if "constant" in self.schedules else self.schedules[0]
 
     def source(self, dataset: str) -> str:
         return next(r.meta["data_source"] for r in self.runs if r.config.dataset == dataset)
@@ -164,12 +176,12 @@ class NecessityPage:
             clauses = []
             for q, name in QUANTITIES.items():
                 clauses.append(f"{name}: **{self.answer(dataset, q)}**")
-            zero, positive = self._zero_and_positive(dataset, "constant" if "constant" in self.schedules
-                                                     else self.schedules[0])
-            best = self.verdicts[(dataset, "constant" if "constant" in self.schedules else self.schedules[0],
-                                  "nc1")].best_lambda
+            schedule = self.main_schedule
+            zero, positive = self._zero_and_positive(dataset, schedule)
+            best = self.verdicts[(dataset, schedule, "nc1")].best_lambda
             at_best = positive[positive["weight_decay"] == best]
-            numbers = (f"At a constant rate, once the network fits (training error at most {TERMINAL_TRAIN_ERROR:.1%} "
+            numbers = (f"With a {SCHEDULES[schedule]}, once the network fits (training error at most "
+                       f"{TERMINAL_TRAIN_ERROR:.1%} "
                        f"from epoch t* = {spread(zero['t_star'])} on), NC1 "
                        f"without weight decay goes from {spread(zero['nc1_at_t_star'])} to {spread(zero['nc1_end'])} "
                        f"at epoch {zero['last_epoch'].max():,.0f} (late slope {spread(zero['nc1_slope'], 2)}) and "
@@ -223,30 +235,84 @@ class NecessityPage:
         train = training_rows(self.table)
         for dataset in self.datasets:
             rows = train[(train["dataset"] == dataset) & (train["weight_decay"] == 0)
-                         & (train["schedule"] == "constant")]
+                         & (train["schedule"] == self.main_schedule)]
             runs = [g.sort_values("epoch") for _, g in rows.groupby("run_id")]
             last = max(int(g["epoch"].iloc[-1]) for g in runs)
 
-            def ratio(column, runs=runs, last=last):
-                return spread([float(g.loc[g["epoch"] >= last / 10, column].iloc[0] / g[column].iloc[-1])
-                               for g in runs])
+            def fall(column, runs=runs, last=last):
+                """Each seed's value at the first epoch of the last decade over its value at the end."""
+                return [float(g.loc[g["epoch"] >= last / 10, column].iloc[0] / g[column].iloc[-1]) for g in runs]
 
-            growth = [float(g["weight_norm_sq"].iloc[-1] / g.loc[g["epoch"] >= last / 10, "weight_norm_sq"].iloc[0])
-                      for g in runs]
-            parts.append(f"{self.source(dataset)}, λ = 0, constant rate: over the last decade (epoch "
-                         f"{last // 10:,} to {last:,}) the training loss fell {ratio('train_loss')}-fold, the "
-                         f"gradient norm {ratio('grad_norm')}-fold, and $\\sum_l\\lVert W_l\\rVert^2$ grew by a "
-                         f"factor {spread(growth, 4)}.")
+            growth = [100 * (1 / f - 1) for f in fall("weight_norm_sq")]
+            parts.append(f"{DATASET_NAMES.get(dataset, dataset)}, λ = 0, {SCHEDULES[self.main_schedule]}: over the "
+                         f"last decade (epoch {last // 10:,} to {last:,}) the training loss fell "
+                         f"{spread(fall('train_loss'))}-fold, the gradient norm {spread(fall('grad_norm'))}-fold, and "
+                         f"$\\sum_l\\lVert W_l\\rVert^2$ changed by {spread(growth, 2)}%.")
         return " ".join(parts)
 
-    def figure(self, columns=("nc1", "nc3_centred", "train_loss")):
-        """Rows: dataset x schedule; columns: ``columns`` against epoch (log-log); one colour per lambda, seed
-        bands (min-max), a dot at each lambda's median t*."""
-        return figure_horizon(self.table, self.after, columns, row_labels={
-            (d, s): f"{self.source(d)}, {SCHEDULES[s]}" for d in self.datasets for s in self.schedules})
+    @property
+    def description(self) -> str:
+        c = self.runs[0].config
+        lambdas = ", ".join(f"{w:g}" for w in sorted({r.config.weight_decay for r in self.runs}))
+        sources = " and ".join(self.source(d) for d in self.datasets)
+        return (f"{sources}, {c.architecture()}, {c.n_per_class} training images per class, batch {c.batch_size}, "
+                f"{c.epochs:,} epochs, λ in {{{lambdas}}}, {self.after['seed'].nunique()} seeds each, profile "
+                f"'{self.profile}'")
+
+    def _figure_files(self, columns, stem: str, title: str, caption: str, alt: str):
+        from .pages import page_figure
+
+        fig = figure_horizon(self.table, self.after, columns, title=title, row_labels={
+            (d, s): f"{DATASET_NAMES.get(d, d)},\n{SCHEDULES[s]}" for d in self.datasets for s in self.schedules})
+        return page_figure(fig, stem, self.runs, self.profile, figure_id=title, what=title, notebook="necessity.md",
+                           params=f"profile='{self.profile}'", caption=caption, alt=alt, root=self.root)
+
+    @cached_property
+    def files(self):
+        """NC1, centred NC3 and the training loss against epoch, log-log, lambda = 0 against lambda > 0."""
+        return self._figure_files(
+            ("nc1", "nc3_centred", "train_loss"), f"necessity_{self.profile}", "Is weight decay necessary?",
+            f"**Is weight decay necessary?** {self.description}. NC1, centred NC3 and the training loss against "
+            f"epoch (log-log), one row per dataset and learning-rate schedule; lines: mean over seeds, bands: "
+            f"min-max; the ringed dot on each curve is its median t* (training error at most "
+            f"{TERMINAL_TRAIN_ERROR:.1%} from there on). All settings are our choices.",
+            "Twelve log-log line plots: for MNIST and CIFAR-10, each with a step and a constant learning rate, NC1, "
+            "the centred NC3 and the training loss against epoch, one line per weight decay including none.")
+
+    @cached_property
+    def moving_files(self):
+        """The full-batch gradient norm and sum_l ||W_l||^2 against epoch: has lambda = 0 stopped moving?"""
+        return self._figure_files(
+            ("grad_norm", "weight_norm_sq"), f"necessity_moving_{self.profile}", "Has training stopped moving?",
+            "**Has training stopped moving?** The same runs: the full-batch gradient norm of the objective "
+            "$\\lVert\\nabla J\\rVert_F$ (J includes the penalty) and $\\sum_l\\lVert W_l\\rVert_F^2$ against "
+            "epoch, log-log; lines: mean over seeds, bands: min-max.",
+            "Eight log-log line plots: gradient norm and squared weight norm against epoch, per dataset and "
+            "schedule, one line per weight decay.")
+
+    def provenance(self) -> pd.DataFrame:
+        """Where, when and by which code the runs were trained: one row per dataset and schedule."""
+        from .analysis import provenance_table
+
+        prov = provenance_table(self.runs)
+        prov["data"] = [r.config.dataset for r in self.runs]
+        prov["schedule"] = [SCHEDULES["schedule" if r.config.lr_milestones else "constant"] for r in self.runs]
+        prov["cpu"] = [r.meta.get("cpu", "unknown") for r in self.runs]
+        return prov.groupby(["data", "schedule"], sort=False).agg(
+            runs=("run", "size"), device=("device", "first"), cpu=("cpu", "first"), commit=("commit", "first"),
+            finished=("finished (UTC)", "max"), minutes=("wall min", "sum")).reset_index()
 
     def minutes(self) -> float:
         return sum(r.meta["timings"]["wall_seconds"] for r in self.runs) / 60
+
+    def glue(self) -> None:
+        """Glue the answers (for the introduction and the tests), without displaying anything."""
+        from myst_nb import glue
+
+        glue("necessity_one_line", self.one_line(), display=False)
+        for dataset in self.datasets:
+            for q in QUANTITIES:
+                glue(f"necessity_{dataset}_{q}", self.answer(dataset, q), display=False)
 
 
 def necessity_page(profile: str = "horizon", root: str | os.PathLike = ".") -> NecessityPage:
@@ -268,7 +334,7 @@ FIGURE_LABELS = {"nc1": r"NC1: $\mathrm{Tr}(\Sigma_W \Sigma_B^+)/C$", "nc3_centr
                  "weight_norm_sq": r"$\sum_l \Vert W_l\Vert_F^2$"}
 
 
-def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels: dict):
+def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels: dict, title: str = ""):
     """Rows: (dataset, schedule) in ``row_labels``; columns: ``columns`` against epoch, log-log. One colour and
     marker per lambda (the book's palette), the seed mean as a line and min-max as a band, a dot at the median t*."""
     import matplotlib.pyplot as plt
@@ -308,4 +374,6 @@ def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels
                     ax.set_xlabel("epoch")
         handles, labels = axes[0, 0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+        if title:
+            fig.suptitle(title)
     return fig

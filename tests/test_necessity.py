@@ -1,6 +1,7 @@
 """The weight-decay verdict on constructed post-interpolation tables with known answers."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -53,3 +54,40 @@ def test_only_fitting_weight_decays_count():
 def test_spread_and_combined():
     assert spread([1.0, 2.0, 3.0]) == "2 (1–3)" and spread([0.5]) == "0.5" and spread([math.nan]) == "–"
     assert combined(["yes", "yes"]) == "yes" and combined(["yes", "no"]) == "not decided"
+
+
+def test_a_floor_for_rates():
+    # NC4 of 1 image in 500 on one seed without weight decay, 0 with it: a ratio says infinite, the floor says no
+    rows = after([0.0, 0.0, 0.004], [0.0] * 3)
+    assert verdict(rows, "nc1", floor=0.002).answer == "no"
+    assert verdict(rows, "nc1", floor=0.0).answer != "no"
+
+
+def test_the_page_opens_with_the_answer_computed_from_the_published_runs(tmp_path):
+    """Execute notebooks/necessity.md as the book does; its first output is the answer, numbers included."""
+    import jupytext
+    import nbformat
+    import papermill as pm
+
+    from ncpaper.necessity import QUANTITIES, necessity_page
+
+    repo = Path(__file__).resolve().parents[1]
+    staged, executed = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    notebook = jupytext.read(repo / "notebooks" / "necessity.md")
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(notebook, staged, fmt="ipynb")
+    pm.execute_notebook(str(staged), str(executed), cwd=str(tmp_path), parameters={"profile": "horizon"},
+                        kernel_name="python3", progress_bar=False)
+    outputs = [o for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"
+               for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    first = outputs[0]["data"]["text/markdown"]
+    page = necessity_page("horizon")
+    assert first == page.answer_markdown()
+    for dataset in page.datasets:
+        zero = page.after[(page.after["dataset"] == dataset) & (page.after["weight_decay"] == 0)
+                          & (page.after["schedule"] == page.main_schedule)]
+        assert spread(zero["nc1_end"]) in first and spread(zero["nc1_slope"], 2) in first
+        for quantity, name in QUANTITIES.items():
+            assert f"{name}: **{page.answer(dataset, quantity)}**" in first
+    assert {len(page.after), page.after["last_epoch"].min()} == {48, 3000}
+    assert (tmp_path / "book" / "figures" / "necessity_horizon.png").is_file()
