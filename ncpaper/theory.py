@@ -185,6 +185,7 @@ class TwoParameterTheorem:
     classifier_norm_sq_total: sp.Expr  # ||W_L||_F^2 = (1/lambda) (1/NC) sum <y - f, f>
     row_norm_sq: sp.Expr  # ||W_c||^2 (the rows are equinorm)
     centred_cosine: sp.Expr  # cos of the centred rows W_c - mean_c' W_c' (= of mu_c - mu_G)
+    raw_cosine: sp.Expr  # cos(W_c, W_c') of the rows as they are: -delta(1-2eps+(C-2)delta)/(eps(1-eps)-(C-1)delta^2)
     centred_mean_norm_sq: sp.Expr  # ||mu_c - mu_G||^2
     global_mean_norm_sq: sp.Expr  # ||mu_G||^2
     output_sum: sp.Expr  # sum_c f_c(x) on every example, by hypothesis
@@ -211,8 +212,10 @@ def derive_two_parameter_theorem() -> TwoParameterTheorem:
     output_sum = 1 - eps + (C - 1) * delta
     global_norm = sp.simplify(output_sum / (C * beta))
     row_norm = sp.simplify(k**2 * centred_norm + beta**2 * global_norm)  # cross term <mu_c - mu_G, mu_G> = 0
+    # <W_c, W_c'> = k^2 <m_c, m_c'> + beta^2 ||mu_G||^2 with m_c = mu_c - mu_G (the cross terms vanish again)
+    raw_cosine = sp.factor(sp.simplify((k**2 * centred_norm * cosine + beta**2 * global_norm) / row_norm))
     return TwoParameterTheorem(k=k, beta=beta, classifier_norm_sq_total=total, row_norm_sq=row_norm,
-                               centred_cosine=cosine, centred_mean_norm_sq=centred_norm,
+                               centred_cosine=cosine, raw_cosine=raw_cosine, centred_mean_norm_sq=centred_norm,
                                global_mean_norm_sq=global_norm, output_sum=output_sum,
                                output_sum_from_readout=sp.simplify(C * beta * global_norm))
 
@@ -238,7 +241,7 @@ def two_parameter_predictions(eps_value: float, delta_value: float, weight_decay
     thm = derive_two_parameter_theorem()
     values = {"eps": eps_value, "delta": delta_value, "lam": weight_decay, "C": num_classes}
     return {name: _numeric(getattr(thm, name), **values)
-            for name in ("k", "beta", "classifier_norm_sq_total", "row_norm_sq", "centred_cosine",
+            for name in ("k", "beta", "classifier_norm_sq_total", "row_norm_sq", "centred_cosine", "raw_cosine",
                          "centred_mean_norm_sq", "global_mean_norm_sq", "output_sum")}
 
 

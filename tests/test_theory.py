@@ -68,11 +68,13 @@ def test_two_parameter_theorem_closed_forms():
     assert same(t.row_norm_sq, t.classifier_norm_sq_total / C)  # equinorm rows
     assert same(t.classifier_norm_sq_total, (e * (1 - e) - (C - 1) * d**2) / lam)
     assert same(t.centred_cosine, -1 / (C - 1))
+    assert same(t.raw_cosine, -d * (1 - 2 * e + (C - 2) * d) / (e * (1 - e) - (C - 1) * d**2))
     assert same(t.output_sum_from_readout, t.output_sum)
     slides = {d: e / (C - 1)}  # the slides' case: beta = 0, and k, ||W_c||^2 are the printed ones
     assert same(t.beta.subs(slides), 0)
     assert same(t.k.subs(slides), theory.derive_theorem().slides_scale)
     assert same(t.row_norm_sq.subs(slides), theory.derive_theorem().slides_row_norm_sq)
+    assert same(t.raw_cosine.subs(slides), -1 / (C - 1))  # only there do the raw rows reach the simplex angle
 
 
 @pytest.mark.parametrize(("eps", "delta", "weight_decay", "c"), [(0.1, 0.005, 1e-2, 10), (0.3, 0.02, 5e-3, 4)])
@@ -90,6 +92,8 @@ def test_two_parameter_theorem_on_a_constructed_critical_point(eps, delta, weigh
     centred = w - w.mean(0)
     cos = torch.nn.functional.cosine_similarity(centred[0], centred[1], dim=0).item()
     assert cos == pytest.approx(-1 / (c - 1))
+    raw = torch.nn.functional.cosine_similarity(w[:, None], w[None], dim=2)[~torch.eye(c, dtype=torch.bool)]
+    assert torch.allclose(raw, torch.full_like(raw, s["raw_cosine"]), atol=1e-12)
     assert h.mean(0).pow(2).sum().item() == pytest.approx(s["global_mean_norm_sq"])
 
 
