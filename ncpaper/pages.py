@@ -26,8 +26,10 @@ import pandas as pd
 import yaml
 
 from . import __version__
+from . import analysis as _analysis
 
-__all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "PhasePage", "bibtex_from_citation", "citation",
+__all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "PhasePage", "after_interpolation_markdown",
+           "after_interpolation_summary", "after_interpolation_table", "bibtex_from_citation", "citation",
            "code_commit", "figure_page", "figures_dir", "page_figure", "phase_page", "pilot_table", "pooling_text",
            "readable_columns", "reproduce_runs", "show", "table", "table_html", "verdict_sentence"]
 
@@ -257,7 +259,7 @@ def _lambdas(values) -> str:
 # Our criterion (not the paper's) for "Neural Collapse with weight decay" at the last epoch: the terminal phase
 # (training error at most TERMINAL_TRAIN_ERROR) and NC1 and NC3 COLLAPSE_FACTOR times below lambda = 0.
 COLLAPSE_FACTOR = 5.0
-TERMINAL_TRAIN_ERROR = 0.002
+TERMINAL_TRAIN_ERROR = _analysis.TERMINAL_TRAIN_ERROR  # "fits its training set", on every page
 
 
 def _judged(last_means: pd.DataFrame, nc3_column: str, factor: float, max_train_error: float) -> dict:
@@ -299,6 +301,53 @@ def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = 
             f"{max_train_error:.1%}) with NC1 and NC3 at the last epoch at least {factor:g} times smaller than "
             f"without weight decay? " + (f"Yes at {' and '.join(met)}. " if met else "")
             + (f"**No** at {'; '.join(missed)}." if missed else ""))
+
+
+def after_interpolation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per lambda, over seeds as "mean (min-max)": t* and NC1 / the figure's NC3 at t*, at the end, their fall
+    after t* and their late slope (:func:`ncpaper.analysis.after_interpolation`)."""
+    from .necessity import spread
+    from .plots import classifier_column
+
+    nc3 = classifier_column(table, "nc3")[0]
+    after = _analysis.after_interpolation(table, columns=("nc1", nc3))
+    rows = []
+    for wd, runs in after.groupby("weight_decay"):
+        row = {"λ": f"{wd:g}", "fit (seeds)": f"{int(runs['t_star'].notna().sum())} of {len(runs)}",
+               "t*": spread(runs["t_star"])}
+        for column, name in (("nc1", "NC1"), (nc3, "NC3")):
+            row.update({f"{name} at t*": spread(runs[f"{column}_at_t_star"]),
+                        f"{name} end": spread(runs[f"{column}_end"]), f"{name} fall": spread(runs[f"{column}_fall"]),
+                        f"{name} slope": spread(runs[f"{column}_slope"], 2)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def after_interpolation_table(table: pd.DataFrame, label: str) -> _HTML:
+    """:func:`after_interpolation_summary` as the pages show it."""
+    caption = (f"Table: {label} after interpolation. t*: the first measured epoch from which the training error "
+               f"stays at most {TERMINAL_TRAIN_ERROR:.1%}; NC1 and NC3 at t* and at the last epoch, their fall after "
+               f"t* (times smaller) and late slope d log / d log epoch over the last decade of epochs; mean "
+               f"(min–max) over seeds; dashes: never fits (or too few measurements for a slope).")
+    return _HTML(table_html(after_interpolation_summary(table), caption))
+
+
+def after_interpolation_markdown(table: pd.DataFrame) -> str:
+    """One sentence: what NC1 does after t* without weight decay, against the weight decays (seed means)."""
+    from .necessity import spread
+
+    after = _analysis.after_interpolation(table, columns=("nc1",))
+    zero, positive = after[after["weight_decay"] == 0], after[after["weight_decay"] > 0]
+    if zero.empty or zero["t_star"].isna().any():
+        return ("**After interpolation.** Without weight decay the network does not fit its training set (training "
+                f"error at most {TERMINAL_TRAIN_ERROR:.1%}) on every seed, so nothing is measured after t*.")
+    falls = positive.groupby("weight_decay")["nc1_fall"].mean().dropna()
+    with_wd = (f"; with weight decay it fell {_span(falls.tolist())}-fold after its own t*" if len(falls) else "")
+    return (f"**After interpolation.** Without weight decay the network fits its training set from epoch "
+            f"t* = {spread(zero['t_star'])} on, and from there NC1 went from {spread(zero['nc1_at_t_star'])} to "
+            f"{spread(zero['nc1_end'])}, a {spread(zero['nc1_fall'])}-fold fall (late slope "
+            f"{spread(zero['nc1_slope'], 2)}){with_wd}. [Is weight decay necessary?](necessity.ipynb) follows this "
+            f"for twenty times longer.")
 
 
 def _commit_notes(notes: list[str]) -> str:
@@ -440,7 +489,12 @@ class FigurePage:
             parts.append(f"With $\\lambda = {wd:g}$: NC1 {row['nc1']:.3g}, **{_change(zero['nc1'] / row['nc1'])}**, "
                          f"and {nc3_name} {row[nc3]:.3g}, **{_change(zero[nc3] / row[nc3])}** (training error "
                          f"{row['train_error']:.2%}).")
-        return " ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway()
+        return (" ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway() + "\n\n"
+                + after_interpolation_markdown(self.table))
+
+    def after_table(self):
+        """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
+        return None if self.missing else after_interpolation_table(self.table, self.label)
 
     def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
         """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
@@ -496,12 +550,18 @@ class FigurePage:
         if len(settled) and balance:
             trained = last_rows(train)
             trained = trained[trained["weight_decay"] > 0][balance]
+            gradients = [c for c in settled.columns if c.startswith("settle_gradient_")]
+            hidden = sorted(gradients, key=lambda c: int(c.rsplit("_", 1)[1]))[:-1]  # W_L's is 0 after settling
+            still = (f" The hidden layers are not stationary there: their gradient "
+                     f"$\\lVert\\nabla_{{W_l}}J\\rVert_F / \\lVert\\lambda W_l\\rVert_F$ (0 at a critical point) "
+                     f"is {_span(settled[hidden].max(axis=1).tolist())} (largest layer, per run)."
+                     if hidden and settled[hidden].notna().all().all() else "")
             parts.append(f"Lemma 2's balance (every layer's ratio 1) holds at critical points, and SGD's last "
-                         f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settled "
+                         f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settling "
                          f"after training (Lemma 2 page: the classifier solved exactly and every unit and layer "
-                         f"rescaled, which makes the objective stationary in those directions though not in every "
-                         f"direction of the hidden layers), every weight-decay run meets it on every layer within "
-                         f"{float((settled[balance] - 1).abs().max().max()):.2%}.")
+                         f"rescaled) stops only when every layer is within 0.1% of it, so the settled runs meet it "
+                         f"by construction (here within {float((settled[balance] - 1).abs().max().max()):.2%}); it "
+                         f"makes the objective stationary in those directions, not in every direction.{still}")
         return " ".join(parts)
 
     def end_table(self):
@@ -601,11 +661,21 @@ class PhasePage:
     root: str = "."
 
     @cached_property
-    def last(self) -> pd.DataFrame:
-        from .analysis import last_rows
+    def table(self) -> pd.DataFrame:
         from .results import collect
 
-        return last_rows(collect(self.runs))
+        return collect(self.runs)
+
+    @cached_property
+    def last(self) -> pd.DataFrame:
+        from .analysis import last_rows
+
+        return last_rows(self.table)
+
+    def after_table(self):
+        """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
+        return after_interpolation_table(self.table, f"The phase diagram ({self.runs[0].meta['data_source']}, "
+                                                     f"profile '{self.profile}')")
 
     @cached_property
     def description(self) -> str:
@@ -660,11 +730,20 @@ class PhasePage:
         from .analysis import collapse_onset, fit_breakdown, seed_summary
 
         nc1 = seed_summary(self.last, "nc1")
-        onset, breakdown = collapse_onset(self.last, "nc1", 10), fit_breakdown(self.last, 0.01)
+        errors = seed_summary(self.last, "train_error")["mean"]
+        onset, breakdown = collapse_onset(self.last, "nc1", 10), fit_breakdown(self.last)
         dead = self.last[~self.last["nc_defined"].astype(bool)]
         onset_text = (f"**λ = {onset:.2g}** (NC1 {nc1.loc[onset, 'mean']:.3g})" if onset == onset
                       else "**no λ in this range**")
         breakdown_text = f"**λ = {breakdown:.2g}**" if breakdown == breakdown else "**no λ in this range**"
+        fit = [w for w in nc1.index if w > 0 and errors[w] <= TERMINAL_TRAIN_ERROR]
+        both = [w for w in fit if nc1.loc[w, "mean"] < nc1.loc[0.0, "mean"] / 10]
+        both_text = (f"Both tests pass at λ = {_lambdas(both)} only" if both else
+                     "No λ here passes both tests")
+        above = [w for w in fit if nc1.loc[w, "mean"] >= nc1.loc[0.0, "mean"]]
+        above_text = (f" NC1 is not monotone in λ: at λ = {_lambdas(above)} the network fits, yet NC1 (mean "
+                      f"{_span([nc1.loc[w, 'mean'] for w in above])}) is no lower than without weight decay."
+                      if above else "")
         dead_text = (f"From λ = {dead['weight_decay'].min():.2g} on, {len(dead)} of the runs end at the trivial "
                      "solution f = 0 (every last-layer feature zero), where Neural Collapse is undefined; they "
                      "appear as gaps."
@@ -673,11 +752,12 @@ class PhasePage:
         return (f"**Where collapse sets in.** Without weight decay NC1 ends at {nc1.loc[0.0, 'mean']:.3g} (mean of "
                 f"{self.last['seed'].nunique()} seeds). The smallest weight decay at which NC1 falls below a tenth "
                 f"of that (our threshold) is {onset_text}. Training stops fitting the data (mean training error above "
-                f"1%) from {breakdown_text}. Between the two lies the window where the network both fits and "
-                f"collapses. Both edges depend on the training budget: a smaller $\\lambda$ needs more steps (about "
-                f"$1/(\\eta\\lambda)$) to reach the balanced critical point of Lemma 2, which is why the smallest "
-                f"values here behave like $\\lambda = 0$. {dead_text} The {len(self.runs)} runs took "
-                f"{minutes:.1f} CPU-minutes.{self._pooling_note()}")
+                f"{TERMINAL_TRAIN_ERROR:.1%}, the threshold of every page) from {breakdown_text}. {both_text} (the "
+                f"network fits and NC1 is below a tenth of λ = 0's).{above_text} Both edges depend on the training "
+                f"budget: a smaller $\\lambda$ needs more steps (about $1/(\\eta\\lambda)$) to reach the balanced "
+                f"critical point of Lemma 2, which is why the smallest values here behave like $\\lambda = 0$ "
+                f"([Is weight decay necessary?](necessity.ipynb) follows four of these λ for twenty times the "
+                f"epochs). {dead_text} The {len(self.runs)} runs took {minutes:.1f} CPU-minutes.{self._pooling_note()}")
 
     def _pooling_note(self) -> str:
         k = self.runs[0].config.input_pool
@@ -710,23 +790,32 @@ class PhasePage:
         positive["RHS/symmetric"] = (positive["fit_term"] / positive["symmetric"]).where(fits)
         nc3 = "nc3_centred" if "nc3_centred" in positive.columns else "nc3"  # the figure's NC3 (W centred)
         columns = ["train_error", "eps", "nc1", nc3, "RHS/symmetric"] + [c for c in positive.columns if "/RHS" in c]
-        summary = positive.groupby("weight_decay")[[*columns, "w_mean_cosine"]].mean()
+        summary = positive.groupby("weight_decay")[[*columns, "off_class_mean", "w_mean_cosine"]].mean()
+        summary["cos predicted (ε, δ)"] = [  # the two-parameter theorem's raw-row cosine at the measured eps, delta
+            theory.two_parameter_predictions(e, d, w, num_classes)["raw_cosine"]
+            for w, e, d in zip(summary.index, summary["eps"], summary["off_class_mean"], strict=True)]
         summary["-1/(C-1)"] = -1 / (num_classes - 1)
-        fitting = summary[summary["train_error"] <= 0.01]
+        summary = summary.rename(columns={"off_class_mean": "δ"})
+        fitting = summary[summary["train_error"] <= TERMINAL_TRAIN_ERROR]
         if len(fitting):
             deviation = (fitting["λ‖W_L‖²/RHS"] - 1).abs()
             close_from = next((w for w in deviation.index if (deviation.loc[w:] <= 0.05).all()), None)
-            cosine = float((fitting["w_mean_cosine"] + 1 / (num_classes - 1)).abs().max())
+            cosine = float((fitting["w_mean_cosine"] - fitting["cos predicted (ε, δ)"]).abs().max())
+            simplex = float((fitting["w_mean_cosine"] + 1 / (num_classes - 1)).abs().max())
             balance = (f"within {deviation.max():.1%} of Lemma 2's right-hand side at every $\\lambda$"
                        if close_from is None or close_from == deviation.index[0] else
                        f"within 5% of Lemma 2's right-hand side from $\\lambda$ = {close_from:g} on, and off by up to "
                        f"{deviation.max():.1%} at smaller $\\lambda$ (where fewer steps than about "
                        f"$1/(\\eta\\lambda)$ were run)")
-            text = (f"Where the network still fits the data (training error at most 1%), the classifier's "
-                    f"$\\lambda\\lVert W_L\\rVert^2$ is {balance}; the mean cosine between (uncentred) classifier "
-                    f"rows is within {cosine:.3f} of $-1/(C-1)$.")
+            text = (f"Where the network still fits the data (training error at most {TERMINAL_TRAIN_ERROR:.1%}), the "
+                    f"classifier's $\\lambda\\lVert W_L\\rVert^2$ is {balance}. The mean cosine between the "
+                    f"(uncentred) classifier rows is within {cosine:.3f} of the two-parameter theorem's prediction "
+                    f"$-\\delta(1 - 2\\epsilon + (C-2)\\delta) / (\\epsilon(1-\\epsilon) - (C-1)\\delta^2)$ at the "
+                    f"measured $\\epsilon$ and $\\delta$ ([Theorem](theorem.ipynb)), and within {simplex:.3f} of "
+                    f"$-1/(C-1)$, the value the raw rows reach only when $\\delta = \\epsilon/(C-1)$.")
         else:
-            text = "No weight decay in this sweep fits the data (training error at most 1%), so nothing is compared."
+            text = (f"No weight decay in this sweep fits the data (training error at most {TERMINAL_TRAIN_ERROR:.1%}), "
+                    "so nothing is compared.")
         return summary.rename_axis("λ"), text
 
     def theory_table(self):
