@@ -195,12 +195,30 @@ class NecessityPage:
         return "\n\n".join(parts)
 
     def one_line(self) -> str:
-        """The answer in one line, for the introduction."""
+        """The answer in one line, for the introduction: per dataset, each quantity's answer."""
         per = []
         for dataset in self.datasets:
             answers = {name: self.answer(dataset, q) for q, name in QUANTITIES.items()}
-            per.append(f"{self.source(dataset)}: " + ", ".join(f"{name} {a}" for name, a in answers.items()))
+            per.append(f"{DATASET_NAMES.get(dataset, dataset)}: " + ", ".join(f"{name} {a}"
+                                                                            for name, a in answers.items()))
         return "; ".join(per)
+
+    def headline(self) -> str:
+        """NC1 after interpolation without weight decay against the best weight decay, per dataset, in one
+        sentence (plain text, for the introduction)."""
+        per = []
+        for dataset in self.datasets:
+            zero, positive = self._zero_and_positive(dataset, self.main_schedule)
+            best = self.verdicts[(dataset, self.main_schedule, "nc1")].best_lambda
+            if math.isnan(best):
+                continue
+            at_best = positive[positive["weight_decay"] == best]
+            per.append(f"on {DATASET_NAMES.get(dataset, dataset)} NC1 without weight decay goes from "
+                       f"{zero['nc1_at_t_star'].mean():.2g} at t* to {zero['nc1_end'].mean():.2g} at epoch "
+                       f"{zero['last_epoch'].max():,.0f} (late slope {zero['nc1_slope'].mean():.2f}), against "
+                       f"{at_best['nc1_end'].mean():.2g} with λ = {best:g} (slope {at_best['nc1_slope'].mean():.2f})")
+        return (f"After the network fits its training set ({SCHEDULES[self.main_schedule]}, means over "
+                f"{self.after['seed'].nunique()} seeds), " + "; ".join(per) + ".")
 
     def verdict_table(self) -> pd.DataFrame:
         """One row per dataset x schedule x quantity: the answer, the gap to the best weight decay, lambda = 0's
@@ -310,6 +328,11 @@ class NecessityPage:
         from myst_nb import glue
 
         glue("necessity_one_line", self.one_line(), display=False)
+        glue("necessity_headline", self.headline(), display=False)
+        c = self.runs[0].config
+        glue("necessity_setting", f"{c.architecture()}s on {c.n_per_class * self.runs[0].meta['num_classes']:,} "
+                                  f"training images, {c.epochs:,} epochs, {self.after['seed'].nunique()} seeds",
+             display=False)
         for dataset in self.datasets:
             for q in QUANTITIES:
                 glue(f"necessity_{dataset}_{q}", self.answer(dataset, q), display=False)
