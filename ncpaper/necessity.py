@@ -330,7 +330,7 @@ class NecessityPage:
         glue("necessity_one_line", self.one_line(), display=False)
         glue("necessity_headline", self.headline(), display=False)
         c = self.runs[0].config
-        glue("necessity_setting", f"{c.architecture()}s on {c.n_per_class * self.runs[0].meta['num_classes']:,} "
+        glue("necessity_setting", f"{c.architecture()} networks on {c.n_per_class * self.runs[0].meta['num_classes']:,} "
                                   f"training images, {c.epochs:,} epochs, {self.after['seed'].nunique()} seeds",
              display=False)
         for dataset in self.datasets:
