@@ -330,9 +330,9 @@ class NecessityPage:
         glue("necessity_one_line", self.one_line(), display=False)
         glue("necessity_headline", self.headline(), display=False)
         c = self.runs[0].config
-        glue("necessity_setting", f"{c.architecture()} networks on {c.n_per_class * self.runs[0].meta['num_classes']:,} "
-                                  f"training images, {c.epochs:,} epochs, {self.after['seed'].nunique()} seeds",
-             display=False)
+        images = c.n_per_class * self.runs[0].meta["num_classes"]
+        glue("necessity_setting", f"{c.architecture()} networks on {images:,} training images, {c.epochs:,} epochs, "
+                                  f"{self.after['seed'].nunique()} seeds", display=False)
         for dataset in self.datasets:
             for q in QUANTITIES:
                 glue(f"necessity_{dataset}_{q}", self.answer(dataset, q), display=False)
