@@ -507,9 +507,12 @@ class FigurePage:
         ratio = {w: ratios for w, (ratios, _) in judged.items()}
         met, weak, unfit = _criterion_groups(judged, factor)
         seeds = "one seed" if self.seeds == 1 else f"{self.seeds} seeds, means"
+        spread_note = (" How much such numbers move from seed to seed is measured on [Is weight decay necessary?]"
+                       "(necessity.ipynb) (3 seeds of smaller runs, twenty times longer) and on the phase diagrams "
+                       "(3 seeds at every λ)." if self.seeds == 1 else "")
         train = training_rows(self.table)
         first_nc1 = train[train["epoch"] == train["epoch"].min()].groupby("weight_decay")["nc1"].mean()[0.0]
-        parts = [f"**What to take from it** ({seeds} per λ). Without weight decay the network "
+        parts = [f"**What to take from it** ({seeds} per λ).{spread_note} Without weight decay the network "
                  f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
                  f"{_percent(zero['train_error'])}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last "
                  f"epoch"
