@@ -853,7 +853,12 @@ PARTS = [("figures", "cifar10", "Figure 1"), ("figures", "mnist", "Figure 2"),
          ("phase", "mnist", "Phase diagram, MNIST"), ("phase", "cifar10", "Phase diagram, CIFAR-10")]
 
 
-def reproduce_runs(profile: str, published_profile: str = "paper", progress: bool = True):
+HORIZON_PARTS = [("mnist_schedule", "MNIST, rate cut"), ("mnist_constant", "MNIST, constant rate"),
+                 ("cifar10_schedule", "CIFAR-10, rate cut"), ("cifar10_constant", "CIFAR-10, constant rate")]
+
+
+def reproduce_runs(profile: str, published_profile: str = "paper", progress: bool = True,
+                   horizon_profile: str = "horizon"):
     """What each part of the book took (one row per part) and the settings it used (one sentence per part).
 
     The book's own profile is trained (or read from the cache); the full-scale profile's figures are read
@@ -867,6 +872,8 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
     parts = [(profile, s, e, label, False) for s, e, label in PARTS]
     parts += [(published_profile, "figures", e, f"{label}, full scale (published)", True)
               for s, e, label in PARTS if s == "figures"]
+    parts += [(horizon_profile, "horizon", e, f"Is weight decay necessary? {label} (published)", True)
+              for e, label in HORIZON_PARTS]
     rows, choices, missing = [], [], []
     for part_profile, section, name, label, published in parts:
         if name not in load_profile(part_profile).get(section, {}):
@@ -874,9 +881,10 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
         configs = section_configs(part_profile, section, name)
         c = configs[0]
         cuts = ", ".join(f"{m:.0%}" for m in c.lr_milestones)
+        rate = f"lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them" if cuts else f"constant lr {c.lr:g}"
         pooled = f", images averaged over {c.input_pool}x{c.input_pool} pixels" if c.input_pool > 1 else ""
         choices.append(f"{label} (profile '{part_profile}'): {c.architecture()}{pooled}, {c.n_per_class:,} images "
-                       f"per class, {c.epochs} epochs, lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them, "
+                       f"per class, {c.epochs:,} epochs, {rate}, "
                        f"batch {c.batch_size}, λ in {{{_lambdas({x.weight_decay for x in configs})}}}")
         try:
             runs = load_published(configs, part_profile) if published else run_sweep(configs, progress=progress)
