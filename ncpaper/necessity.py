@@ -190,7 +190,8 @@ class NecessityPage:
                        f"{spread(at_best['nc1_end'])} (slope {spread(at_best['nc1_slope'], 2)}) and NC3 at "
                        f"{spread(at_best['nc3_centred_end'])}" if not math.isnan(best) else
                        "No weight decay fits its training set on every seed here")
-            parts.append(f"**{self.source(dataset)}.** Is weight decay necessary? {'; '.join(clauses)}. "
+            parts.append(f"**{DATASET_NAMES.get(dataset, dataset)}** ({self.source(dataset)}). Is weight decay "
+                         f"necessary? {'; '.join(clauses)}. "
                          f"{numbers} (means over {zero['seed'].nunique()} seeds, ranges in brackets).")
         return "\n\n".join(parts)
 
@@ -225,7 +226,8 @@ class NecessityPage:
         late slope and the epoch at which that slope would close the gap."""
         rows = []
         for (dataset, schedule, q), v in self.verdicts.items():
-            rows.append({"data": self.source(dataset), "schedule": SCHEDULES[schedule], "quantity": QUANTITIES[q],
+            rows.append({"data": DATASET_NAMES.get(dataset, dataset), "schedule": SCHEDULES[schedule],
+                         "quantity": QUANTITIES[q],
                          "answer": v.answer, "best λ": v.best_lambda, "gap (means)": v.gap,
                          "gap (closest seeds)": v.worst_gap, "slope at λ = 0": v.zero_slope,
                          "epochs to close": v.epochs_to_close, "why": v.reason})
@@ -237,7 +239,7 @@ class NecessityPage:
         rows = []
         for (dataset, schedule, wd), runs in self.after.groupby(["dataset", "schedule", "weight_decay"], sort=True):
             fits = int(runs["t_star"].notna().sum())
-            row = {"data": self.source(dataset), "schedule": SCHEDULES[schedule], "λ": f"{wd:g}",
+            row = {"data": DATASET_NAMES.get(dataset, dataset), "schedule": SCHEDULES[schedule], "λ": f"{wd:g}",
                    "fit (seeds)": f"{fits} of {len(runs)}", "t*": spread(runs["t_star"])}
             for q in ("nc1", "nc3_centred"):
                 name = QUANTITIES[q]
