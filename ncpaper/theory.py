@@ -21,19 +21,25 @@ import numpy as np
 import sympy as sp
 import torch
 
+from .bounds import output_spread_bounds
+
 __all__ = [
     "Lemma1",
+    "SymmetricOutputs",
     "Theorem",
     "TwoParameterTheorem",
     "collapsed_outputs",
     "critical_point_check",
     "derive_balance_identity",
     "derive_lemma1",
+    "derive_symmetric_outputs",
     "derive_theorem",
     "derive_two_parameter_theorem",
+    "derive_upper_bound_slack",
     "homogeneity_residual",
     "interpolating_collapsed_solution",
     "lemma1_floor",
+    "output_spread_bounds",
     "predicted_classifier_scale",
     "predicted_row_norm_sq",
     "quasi_interpolation_residual_sum",
@@ -317,3 +323,71 @@ def critical_point_check(row, weight_decay: float, num_classes: int) -> dict:
         "output_sum_measured": float(row["output_sum_mean"]), "output_sum_two_parameter": two["output_sum"],
         "centred_cosine": two["centred_cosine"],
     }
+
+
+# Beyond the paper (ncpaper.bounds): the algebra of the output-spread bounds.
+
+def _span_product(a: tuple, b: tuple) -> tuple:
+    """(x1 I + y1 J)(x2 I + y2 J) with J = 11^T (C x C), J^2 = C J: matrices of the form x I + y J, as (x, y)."""
+    return sp.simplify(a[0] * b[0]), sp.simplify(a[0] * b[1] + a[1] * b[0] + C * a[1] * b[1])
+
+
+def _span_inverse(a: tuple) -> tuple:
+    """(x I + y J)^-1 = (1/x) I - y/(x (x + C y)) J (eigenvalues x on 1-perp, x + C y on 1)."""
+    return sp.simplify(1 / a[0]), sp.simplify(-a[1] / (a[0] * (a[0] + C * a[1])))
+
+
+def _multiple_of_p(a: tuple) -> sp.Expr:
+    """k with x I + y J = k P (P = I - J/C); raises if the matrix is not a multiple of P."""
+    k = sp.simplify(a[0])
+    if sp.simplify(a[1] + k / C) != 0:
+        raise ValueError(f"{a} is not a multiple of P = I - 11^T/C")
+    return k
+
+
+@dataclass(frozen=True)
+class SymmetricOutputs:
+    """Item 5 of :mod:`ncpaper.bounds`: the lower bound when F = (1 - eps - delta) I + delta 11^T."""
+
+    r_inverse: tuple  # R^-1 = x I + y 11^T, as (x, y)
+    whitened_gram: sp.Expr  # k with P (R^-1 - I) P = k P, so X = P / k
+    phi_factor: sp.Expr  # Phi = phi_factor * Tr(P Sigma_f P): X P R^-1 = t P, phi_factor = t^2
+    outputs_nc1_factor: sp.Expr  # NC1 of the outputs = this * Tr(P Sigma_f P): P F = g P, factor 1/g^2
+
+
+@functools.cache  # pure: derived once per process
+def derive_symmetric_outputs() -> SymmetricOutputs:
+    """Phi and the outputs' NC1 for symmetric mean outputs, for every C, in the algebra of x I + y 11^T.
+
+    Every matrix involved (F, R, R^-1, P, X) is of that form, so they commute and Phi = Tr(T Sigma_f T^T) with
+    T = X P R^-1 = t P gives Phi = t^2 Tr(P Sigma_f P). The outputs' class means are F's columns: centred,
+    P F = g P, so Sigma_B(f) = g^2 P / C and NC1(f) = Tr(Sigma_f Sigma_B(f)^+)/C = Tr(P Sigma_f P)/g^2.
+    """
+    identity, proj = (sp.Integer(1), sp.Integer(0)), (sp.Integer(1), -1 / C)
+    f = (1 - eps - delta, delta)
+    r = (1 - f[0], -f[1])
+    r_inv = _span_inverse(r)
+    k = _multiple_of_p(_span_product(_span_product(proj, (r_inv[0] - identity[0], r_inv[1])), proj))
+    x = (1 / k, -1 / (k * C))  # (k P)^+ = P / k
+    t = _multiple_of_p(_span_product(_span_product(x, proj), r_inv))
+    g = _multiple_of_p(_span_product(proj, f))
+    return SymmetricOutputs(r_inverse=r_inv, whitened_gram=k, phi_factor=sp.factor(t**2),
+                            outputs_nc1_factor=sp.factor(1 / g**2))
+
+
+@dataclass(frozen=True)
+class UpperBoundSlack:
+    """Item 3 of :mod:`ncpaper.bounds`, one eigen-direction of Sigma_W at a time (eigenvalue sigma <= s_max)."""
+
+    ratio: sp.Expr  # (lambda + s_max)^2 / (lambda + sigma)^2: the bound's factor over NC1's in that direction
+    excess: sp.Expr  # (lambda + s_max)^2 sigma/(lambda + sigma)^2 - sigma, factored: >= 0
+
+
+@functools.cache  # pure: derived once per process
+def derive_upper_bound_slack() -> UpperBoundSlack:
+    """Item 3 direction by direction: with Q = M^+, NC1 = Tr(Q^T Sigma_W Q) and the bound is
+    (lambda + s_max)^2 Tr(Q^T A Sigma_W A Q); A Sigma_W A has the eigenvalues sigma/(lambda + sigma)^2 of Sigma_W's
+    eigenvectors, so the bound minus NC1 is Tr(Q^T E Q) with E's eigenvalues ``excess`` >= 0 (sigma <= s_max)."""
+    s_max, sigma = sp.symbols("s_max sigma", nonnegative=True)
+    ratio = (lam + s_max) ** 2 / (lam + sigma) ** 2
+    return UpperBoundSlack(ratio=ratio, excess=sp.factor(ratio * sigma - sigma))

@@ -347,7 +347,13 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
 
 
 def settled_row(model: torch.nn.Module, train, test, config: RunConfig) -> dict:
-    """The measurement row of ``model`` settled onto a critical point (:mod:`ncpaper.settle`), phase "settled"."""
+    """The measurement row of ``model`` settled onto a critical point (:mod:`ncpaper.settle`), phase "settled".
+
+    Besides :func:`measure`'s columns: the stationarity of every layer, the readout's decomposition and NC1's
+    bounds by the spread of the outputs with the NC3 split (:func:`ncpaper.bounds.settled_columns`).
+    """
+    from .bounds import settled_columns
+
     device = next(model.parameters()).device
     result = settle(model, train.x.to(device), train.y.to(device), config.weight_decay)
     try:
@@ -357,4 +363,5 @@ def settled_row(model: torch.nn.Module, train, test, config: RunConfig) -> dict:
     gradients = stationarity(result.model, train, config.weight_decay)
     return {"epoch": config.epochs, "phase": "settled", "lr": math.nan, **row, **result.summary(),
             **readout_decomposition(result.model, train.x, train.y),
+            **settled_columns(result.model, train, config.weight_decay),
             **{f"settle_gradient_{k}": g for k, g in enumerate(gradients, start=1)}}

@@ -1,0 +1,270 @@
+"""NC1 bounded by the spread of the outputs (ncpaper.bounds): each item checked along an independent route."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+import torch
+
+from ncpaper import bounds, theory
+from ncpaper.metrics import UndefinedCollapseError, neural_collapse
+
+SETTINGS = [(3, 20, 5, 0.1, 1.0), (10, 15, 30, 1e-3, 0.5), (4, 50, 8, 1.0, 2.0), (6, 8, 64, 1e-2, 0.3)]
+
+
+def direct(h, y, lam):
+    """Everything from the raw features in numpy: U, Sigma_W (over n), A, the ridge readout from H itself."""
+    h, y = h.numpy(), y.numpy()
+    c, n, p = int(y.max()) + 1, len(y), h.shape[1]
+    u = np.stack([h[y == k].mean(0) for k in range(c)], 1)  # p x C
+    dev = h - u.T[y]
+    sigma_w = dev.T @ dev / n
+    onehot = np.eye(c)[y]
+    ridge = np.linalg.solve(h.T @ h / n + lam * np.eye(p), h.T @ onehot / n).T  # W (H H^T/n + lam I) = Y H^T/n
+    a = np.linalg.inv(lam * np.eye(p) + sigma_w)
+    proj = np.eye(c) - 1 / c
+    return SimpleNamespace(c=c, n=n, p=p, u=u, sigma_w=sigma_w, ridge=ridge, a=a, proj=proj, m=proj @ u.T)
+
+
+def psd_sqrt(matrix):
+    values, vectors = np.linalg.eigh(matrix)
+    return vectors @ np.diag(np.sqrt(values.clip(min=0))) @ vectors.T
+
+
+@pytest.mark.parametrize(("c", "n_per_class", "p", "lam", "spread"), SETTINGS)
+def test_item1_readout_and_symmetric_mean_outputs(c, n_per_class, p, lam, spread):
+    h, y = bounds.random_relu_features(c, n_per_class, p, spread=spread, seed=c)
+    d = direct(h, y, lam)
+    r = np.linalg.inv(np.eye(c) + d.u.T @ d.a @ d.u / c)
+    assert np.linalg.norm(d.ridge - r @ d.u.T @ d.a / c) <= 1e-10 * np.linalg.norm(d.ridge)
+    f = d.ridge @ d.u
+    assert np.linalg.norm((np.eye(c) - f) - r) <= 1e-10 * np.linalg.norm(r)
+    assert np.linalg.norm(f - f.T) <= 1e-10 * np.linalg.norm(f)
+    eigen = np.linalg.eigvalsh((f + f.T) / 2)
+    assert eigen.min() >= -1e-12 and eigen.max() < 1
+    # the module's ridge readout from the streamed statistics is the same matrix
+    stats = bounds.WithinClassScatter(c, p).update(h, y)
+    ours = bounds.ridge_readout(stats.classes.means, stats.within_class_covariance(), lam).numpy()
+    assert np.linalg.norm(ours - d.ridge) <= 1e-10 * np.linalg.norm(d.ridge)
+
+
+@pytest.mark.parametrize(("c", "n_per_class", "p", "lam", "spread"), SETTINGS)
+def test_item2_lower_bound_is_the_whitened_nc1_and_items_2_3_order(c, n_per_class, p, lam, spread):
+    h, y = bounds.random_relu_features(c, n_per_class, p, spread=spread, seed=c)
+    d = direct(h, y, lam)
+    got = bounds.output_spread_bounds(h, y, lam)
+    assert got["nc1"] == pytest.approx(neural_collapse(h, y, torch.tensor(d.ridge))["nc1"], rel=1e-10)
+    # Phi from the outputs alone, as the statement writes it
+    f = d.ridge @ d.u
+    r_inv = np.linalg.inv(np.eye(c) - f)
+    sigma_f = d.ridge @ d.sigma_w @ d.ridge.T
+    x = np.linalg.pinv(d.proj @ (r_inv - np.eye(c)) @ d.proj, rcond=1e-10, hermitian=True)
+    phi = np.trace(x @ d.proj @ r_inv @ sigma_f @ r_inv @ d.proj @ x)
+    assert got["nc1_lower"] == pytest.approx(phi, rel=1e-10)
+    # ... is the book's NC1 of the whitened features A^{1/2} h
+    whitened = h.numpy() @ psd_sqrt(d.a)
+    assert phi == pytest.approx(neural_collapse(torch.tensor(whitened), y, torch.tensor(d.ridge @ psd_sqrt(
+        np.linalg.inv(d.a))))["nc1"], rel=1e-10)
+    # item 3, as the statement writes it
+    g_plus = np.linalg.pinv(d.m @ d.m.T, rcond=1e-10, hermitian=True)
+    s_max = np.linalg.eigvalsh(d.sigma_w).max()
+    upper = c**2 * (lam + s_max) ** 2 * np.trace(g_plus @ d.proj @ r_inv @ sigma_f @ r_inv @ d.proj @ g_plus)
+    assert got["nc1_upper"] == pytest.approx(upper, rel=1e-10)
+    assert got["nc1_lower"] <= got["nc1"] <= got["nc1_upper"]
+    # the gap is exactly Tr(D^T (Sigma_W + 2 lambda I) D), D = M^+ - A M^T (M A M^T)^+
+    gap_d = np.linalg.pinv(d.m) - d.a @ d.m.T @ np.linalg.pinv(d.m @ d.a @ d.m.T, rcond=1e-10, hermitian=True)
+    gap = np.trace(gap_d.T @ (d.sigma_w + 2 * lam * np.eye(d.p)) @ gap_d)
+    assert got["nc1"] - got["nc1_lower"] == pytest.approx(gap, rel=1e-8, abs=1e-12 * got["nc1"])
+
+
+@pytest.mark.parametrize(("c", "n_per_class", "p", "lam", "spread"), SETTINGS)
+def test_identity_residuals_are_at_rounding(c, n_per_class, p, lam, spread):
+    h, y = bounds.random_relu_features(c, n_per_class, p, spread=spread, seed=c)
+    res = bounds.identity_residuals(h, y, lam)
+    for key in ("readout", "r_is_i_minus_f", "f_symmetric", "phi_whitened", "gap", "centred_classifier"):
+        assert res[key] < 1e-10, key
+    assert 0 <= res["f_eigen_min"] and res["f_eigen_max"] < 1
+    assert res["lower_margin"] >= 0 and res["upper_margin"] >= 0
+
+
+def test_the_lower_bound_is_tight_when_the_means_span_an_invariant_subspace_of_sigma_w():
+    """D = 0 when Sigma_W maps the span of the centred means into itself: isotropic spread, for instance."""
+    rng = np.random.default_rng(1)
+    c, p, sigma = 4, 7, 0.3
+    means = rng.normal(size=(c, p))
+    rows = [means[k] + s * math.sqrt(p) * sigma * np.eye(p)[j] for k in range(c) for j in range(p) for s in (1, -1)]
+    labels = torch.tensor([k for k in range(c) for _ in range(2 * p)])
+    got = bounds.output_spread_bounds(torch.tensor(np.array(rows)), labels, 0.05)
+    assert got["nc1_lower"] == pytest.approx(got["nc1"], rel=1e-10)
+    assert got["nc3_centred_within"] < 1e-20  # A = I/(lambda + sigma^2): the Sigma_W part of NC3 vanishes
+    assert got["nc3_centred"] == pytest.approx(got["nc3_centred_asymmetry"], rel=1e-8)
+
+
+def test_streaming_equals_in_memory_and_does_not_cancel():
+    h, y = bounds.random_relu_features(5, 40, 12, seed=3)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    h, y = h[order], y[order]
+    cuts = ((0, 7), (7, 1), (8, 0), (8, 100), (108, 92))
+    whole = bounds.output_spread_bounds(h, y, 0.01)
+    streamed = bounds.output_spread_bounds_streaming([(h[a:a + b], y[a:a + b]) for a, b in cuts], 5, 12, 0.01)
+    for key in bounds.BOUND_KEYS:
+        assert streamed[key] == pytest.approx(whole[key], rel=1e-10, abs=1e-14), key
+    h = 1e4 + 1e-3 * h  # a huge common mean and a tiny spread: E[h h^T] - mu mu^T would lose every digit
+    dev = (h - torch.stack([h[y == k].mean(0) for k in range(5)])[y]).numpy()
+    scatter = bounds.WithinClassScatter(5, 12)
+    for a, b in cuts:
+        scatter.update(h[a:a + b], y[a:a + b])
+    reference = dev.T @ dev
+    assert np.linalg.norm(scatter.scatter.numpy() - reference) < 1e-8 * np.linalg.norm(reference)
+    raw, labels = h.numpy(), y.numpy()
+    naive = raw.T @ raw - sum(40 * np.outer(raw[labels == k].mean(0), raw[labels == k].mean(0)) for k in range(5))
+    assert np.linalg.norm(naive - reference) > 1e-3 * np.linalg.norm(reference)  # what the merge avoids
+
+
+def test_item5_symmetric_outputs_give_the_outputs_nc1():
+    lam, c = 0.05, 4
+    h, y = bounds.symmetric_output_features(c, 6, lam)
+    d = direct(h, y, lam)
+    f = d.ridge @ d.u
+    on, off = f.diagonal().mean(), f[~np.eye(c, dtype=bool)].mean()
+    assert np.abs(f - ((on - off) * np.eye(c) + off)).max() < 1e-12  # F = (1 - eps - delta) I + delta 11^T
+    got = bounds.output_spread_bounds(h, y, lam)
+    sigma_f = d.ridge @ d.sigma_w @ d.ridge.T
+    predicted = np.trace(d.proj @ sigma_f @ d.proj) / (on - off) ** 2  # 1 - eps - delta = on - off
+    assert got["nc1_lower"] == pytest.approx(predicted, rel=1e-10)
+    assert got["nc1_outputs"] == pytest.approx(predicted, rel=1e-10)
+    assert got["nc1"] > 1.5 * got["nc1_lower"]  # a full-rank, anisotropic Sigma_W: the bound is not tight here
+    assert got["output_asymmetry"] < 1e-12 and got["nc3_centred_asymmetry"] < 1e-20
+    assert got["nc3_centred"] == pytest.approx(got["nc3_centred_within"], rel=1e-10)
+
+
+def test_item5_and_item3_algebra_with_sympy():
+    sym = theory.derive_symmetric_outputs()
+    target = 1 / (1 - theory.eps - theory.delta) ** 2
+    assert sp.simplify(sym.phi_factor - target) == 0 and sp.simplify(sym.outputs_nc1_factor - target) == 0
+    slack = theory.derive_upper_bound_slack()
+    symbols = {s.name: s for s in slack.excess.free_symbols}
+    s_max, sigma = symbols["s_max"], symbols["sigma"]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values = np.sort(rng.exponential(size=2))
+        excess = slack.excess.subs({sigma: values[0], s_max: values[1], theory.lam: rng.exponential()})
+        assert float(excess) >= 0
+    assert sp.simplify(slack.excess - (slack.ratio * sigma - sigma)) == 0
+
+
+@pytest.mark.parametrize(("c", "n_per_class", "lam"), [(3, 2, 0.01), (4, 3, 0.05), (2, 5, 0.001)])
+def test_item4_a_critical_point_with_constant_outputs_and_uncollapsed_features(c, n_per_class, lam):
+    point = bounds.spread_outside_means_critical_point(c, n_per_class, lam)
+    report = bounds.critical_point_report(point["model"], point["x"], point["labels"], lam)
+    assert report["gradient_1"] < 1e-13 and report["gradient_2"] < 1e-13  # every gradient at float64 rounding
+    assert report["kink_margin"] > 0.05  # no ReLU near its kink: a critical point of the smooth piece
+    assert report["output_spread"] < 1e-28 and report["nc1"] < 1e-28  # Sigma_f = 0 (to rounding), so NC1 = 0
+    assert 0 <= report["nc1_lower"] <= report["nc1_upper"] < 1e-12  # from W Sigma_W W^T: 0 to rounding
+    assert report["cdnv"] == pytest.approx((n_per_class - 1) / 2)  # the features are far from collapsed
+    assert report["nc4"] == report["train_error"]
+    assert report["readout_gap"] < 1e-13  # W_2 is the ridge readout of its features
+    # the same point through independent autograd: J's gradient in every layer
+    model = point["model"]
+    params = list(model.parameters())
+    out = model(point["x"])
+    y = torch.nn.functional.one_hot(point["labels"], c).double()
+    objective = (y - out).pow(2).sum(1).mean() / 2 + lam / 2 * sum(p.pow(2).sum() for p in params)
+    for g, p in zip(torch.autograd.grad(objective, params), params, strict=True):
+        assert g.abs().max() < 1e-14 * max(1.0, p.abs().max().item())
+
+
+def test_item4_constant_outputs_make_nc4_the_training_error_even_when_it_is_not_zero():
+    """Spread orthogonal to every class mean gives Sigma_f = 0 for the ridge readout; with nearly parallel means
+    of different sizes and a large lambda, the ridge readout misclassifies, and NC4 equals that error."""
+    c, p = 3, 6  # coordinate 0 the common direction, 1..3 one per class, 4..5 the spread
+    means = np.zeros((c, p))
+    means[:, 0] = [1.0, 2.0, 3.0]
+    means[:, 1:c + 1] = 0.05 * np.eye(c)
+    rows, labels = [], []
+    for k in range(c):
+        for s in (1, -1):
+            for j in (c + 1, c + 2):
+                rows.append(means[k] + s * np.eye(p)[j])
+                labels.append(k)
+    h, y = torch.tensor(np.array(rows)), torch.tensor(labels)
+    lam = 10.0
+    got = bounds.output_spread_bounds(h, y, lam)
+    d = direct(h, y, lam)
+    nc = neural_collapse(h, y, torch.tensor(d.ridge))
+    error = float(((h @ torch.tensor(d.ridge).T).argmax(1) != y).double().mean())
+    assert np.abs(d.ridge @ d.sigma_w @ d.ridge.T).max() < 1e-28 and got["nc1"] < 1e-28
+    assert error > 0 and nc["nc4"] == pytest.approx(error)
+    assert nc["cdnv"] > 0.1
+
+
+def test_given_readouts_and_bad_input():
+    h, y = bounds.random_relu_features(3, 10, 6, seed=0)
+    ridge = bounds.output_spread_bounds(h, y, 0.1)
+    d = direct(h, y, 0.1)
+    same = bounds.output_spread_bounds(h, y, 0.1, weights=torch.tensor(d.ridge))
+    for key in bounds.BOUND_KEYS:
+        assert same[key] == pytest.approx(ridge[key], rel=1e-9, abs=1e-12), key
+    other = bounds.output_spread_bounds(h, y, 0.1, weights=d.ridge + 0.1 * np.random.default_rng(0).normal(
+        size=d.ridge.shape))
+    assert other["readout_gap"] > 0.01 and other["mean_output_skew"] > 1e-3 and other["nc1"] == ridge["nc1"]
+    with pytest.raises(ValueError, match="lambda > 0"):
+        bounds.output_spread_bounds(h, y, 0.0)
+    with pytest.raises(ValueError, match="balanced"):
+        bounds.output_spread_bounds(h[1:], y[1:], 0.1)
+    with pytest.raises(ValueError, match="C x p"):
+        bounds.output_spread_bounds(h, y, 0.1, weights=np.zeros((3, 5)), num_classes=3)
+    with pytest.raises(UndefinedCollapseError):
+        bounds.output_spread_bounds(torch.ones(6, 4, dtype=torch.float64), torch.arange(6) % 3, 0.1)
+    with pytest.raises(ValueError, match="n lambda < rho"):
+        bounds.spread_outside_means_critical_point(3, 2, 1.0)
+
+
+def test_settled_rows_record_the_bounds():
+    from ncpaper.train import RunConfig, fit
+
+    config = RunConfig(dataset="mnist", sizes={"widths": [24, 24]}, n_per_class=10, n_test_per_class=None,
+                       weight_decay=5e-3, lr=0.02, batch_size=20, epochs=60, n_measurements=2)
+    rows, _, _ = fit(config)
+    settled = rows[-1]
+    assert settled["phase"] == "settled"
+    for column in bounds.SETTLED_COLUMNS.values():
+        assert column in settled and math.isfinite(settled[column]), column
+    assert settled["nc1_lower"] <= settled["nc1"] * (1 + 1e-9) and settled["nc1"] <= settled["nc1_upper"]
+    # the network's own readout is the ridge one up to the settling's tolerance: the same centred NC3, nearly
+    assert settled["nc3_centred_ridge"] == pytest.approx(settled["nc3_centred"], rel=0.05, abs=1e-3)
+
+
+def test_settled_columns_of_a_dead_network_are_nan():
+    from ncpaper.models import make_model
+
+    model = make_model("mlp", (4,), 3, widths=[5])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    split = SimpleNamespace(x=torch.randn(6, 4), y=torch.arange(6) % 3)
+    values = bounds.settled_columns(model, split, 0.1)
+    assert set(values) == set(bounds.SETTLED_COLUMNS.values()) and all(math.isnan(v) for v in values.values())
+
+
+def test_bounds_table_and_figure_from_runs():
+    def run(dataset, lam, seed, nc1, with_columns=True):
+        settled = {"train_error": 0.0, "nc1": nc1, "nc3_centred": 0.1}
+        if with_columns:
+            settled.update({"nc1_lower": 0.8 * nc1, "nc1_upper": 3 * nc1, "sigma_w_max": 2 * lam, "nc1_outputs": nc1,
+                            "nc3_centred_ridge": 0.1, "nc3_centred_within": 0.05, "nc3_centred_asymmetry": 0.07,
+                            "output_asymmetry": 0.2})
+        return SimpleNamespace(settled=pd.Series(settled), config=SimpleNamespace(weight_decay=lam, seed=seed),
+                               meta={"data": {"train": {"dataset": dataset}}})
+
+    runs = [run("mnist", lam, seed, 0.1 / (1 + 10 * lam) + seed * 1e-3) for lam in (0.01, 0.1) for seed in (0, 1)]
+    runs.append(run("mnist", 1.0, 0, 0.05, with_columns=False))  # measured before the columns: left out
+    runs.append(SimpleNamespace(settled=None, config=SimpleNamespace(weight_decay=0.0, seed=0), meta={}))
+    table = bounds.bounds_table(runs)
+    assert len(table) == 4 and table["share"].tolist() == pytest.approx([0.8] * 4)
+    assert table["spread_ratio"].tolist() == pytest.approx([2.0] * 4)
+    fig = bounds.bounds_figure({"MNIST": table, "CIFAR-10": table})
+    assert len(fig.axes) == 4 and len(fig.axes[0].get_lines()) == 3
