@@ -49,10 +49,11 @@ from .metrics import (
     neural_collapse,
 )
 
-__all__ = ["BOUND_KEYS", "SETTLED_COLUMNS", "WithinClassScatter", "bounds_figure", "bounds_from_statistics",
-           "bounds_table", "critical_point_report", "identity_residuals", "output_spread_bounds",
-           "output_spread_bounds_streaming", "random_relu_features", "ridge_readout", "settled_columns",
-           "spread_outside_means_critical_point", "symmetric_output_features"]
+__all__ = ["BOUND_KEYS", "CHECK_SETTINGS", "SETTLED_COLUMNS", "WithinClassScatter", "bounds_figure",
+           "bounds_from_statistics", "bounds_summary", "bounds_table", "critical_point_report", "identity_residuals",
+           "identity_table", "output_spread_bounds", "output_spread_bounds_streaming", "random_relu_features",
+           "ridge_readout", "settled_columns", "spread_outside_means_critical_point", "symmetric_output_features",
+           "symmetric_outputs_check"]
 
 _F64 = torch.float64
 
@@ -67,6 +68,7 @@ BOUND_KEYS = (
     "nc3_centred_asymmetry",  # the same with Sigma_W replaced by 0: only the asymmetry of R acts (item 6)
     "output_asymmetry",  # ||R - R_sym||_F / ||R||_F, R_sym = a I + b 11^T the closest symmetric form
     "sigma_w_max",  # s_max(Sigma_W): the upper bound is loose by up to (1 + s_max/lambda)^2
+    "sigma_w_means",  # the mean within-class variance along the span of the centred means, Tr(Pi Sigma_W)/rank(M)
     "readout_gap",  # ||W_L - W_ridge||_F / ||W_ridge||_F (0 when the readout is the ridge one)
     "mean_output_skew",  # ||F - F^T||_F / ||F||_F (0 for the ridge readout, item 1)
 )
@@ -76,7 +78,7 @@ BOUND_KEYS = (
 SETTLED_COLUMNS = {"nc1_lower": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
                    "nc3_centred": "nc3_centred_ridge", "nc3_centred_within": "nc3_centred_within",
                    "nc3_centred_asymmetry": "nc3_centred_asymmetry", "output_asymmetry": "output_asymmetry",
-                   "sigma_w_max": "sigma_w_max"}
+                   "sigma_w_max": "sigma_w_max", "sigma_w_means": "sigma_w_means"}
 
 
 class WithinClassScatter:
@@ -225,6 +227,7 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
         "nc3_centred_asymmetry": _nc3_centred(w_asymmetry, m),
         "output_asymmetry": float((r - r_sym).norm() / r.norm()),
         "sigma_w_max": float(spread[-1]),
+        "sigma_w_means": float((basis.T @ sigma_w @ basis).diagonal().mean()),
         "readout_gap": float((w - ridge).norm() / ridge.norm()),
         "mean_output_skew": float((f - f.T).norm() / f.norm()) if f.norm() > 0 else math.nan,
     }
@@ -331,6 +334,46 @@ def identity_residuals(features, labels, weight_decay: float) -> dict[str, float
     }
 
 
+# (C, N per class, p, lambda, spread) of the random-feature checks on the book's page: few and many examples per
+# dimension, weak and strong weight decay
+CHECK_SETTINGS = ((3, 20, 5, 0.1, 1.0), (10, 15, 30, 1e-3, 0.5), (4, 50, 8, 1.0, 2.0), (6, 8, 64, 1e-2, 0.3))
+
+
+def identity_table(settings=CHECK_SETTINGS) -> pd.DataFrame:
+    """:func:`identity_residuals` and NC1 with its bounds on :func:`random_relu_features`, one row per setting."""
+    rows = []
+    for c, n_per_class, p, lam, spread in settings:
+        h, y = random_relu_features(c, n_per_class, p, spread=spread, seed=c)
+        got = output_spread_bounds(h, y, lam)
+        res = identity_residuals(h, y, lam)
+        rows.append({"C": c, "N": n_per_class, "p": p, "weight_decay": lam, "spread": spread,
+                     "worst identity": max(res[k] for k in ("readout", "r_is_i_minus_f", "f_symmetric", "phi_whitened",
+                                                            "gap", "centred_classifier")),
+                     "F eigenvalues": f"{res['f_eigen_min']:.3f} to {res['f_eigen_max']:.3f}",
+                     "nc1_lower": got["nc1_lower"], "nc1": got["nc1"], "nc1_upper": got["nc1_upper"],
+                     "share": got["nc1_lower"] / got["nc1"], "spread_ratio": got["sigma_w_max"] / lam,
+                     "ordered": got["nc1_lower"] <= got["nc1"] <= got["nc1_upper"]})
+    return pd.DataFrame(rows)
+
+
+def symmetric_outputs_check(num_classes: int = 4, dim: int = 6, weight_decay: float = 0.05) -> dict[str, float]:
+    """Item 5 on :func:`symmetric_output_features`: F's distance from (1 - eps - delta) I + delta 11^T, Phi, the
+    closed form Tr(P Sigma_f P)/(1 - eps - delta)^2, the outputs' NC1 and the features' NC1."""
+    h, y = symmetric_output_features(num_classes, dim, weight_decay)
+    scatter = WithinClassScatter(num_classes, dim).update(h, y)
+    got = bounds_from_statistics(scatter, weight_decay)
+    sigma_w = scatter.within_class_covariance()
+    w = ridge_readout(scatter.classes.means, sigma_w, weight_decay)
+    f = w @ scatter.classes.means.T
+    eye = torch.eye(num_classes, dtype=_F64)
+    on, off = float(f.diagonal().mean()), float(f[~eye.bool()].mean())
+    proj = eye - 1 / num_classes
+    closed = float((proj @ w @ sigma_w @ w.T @ proj).trace()) / (on - off) ** 2
+    return {"eps": 1 - on, "delta": off, "f_distance": float((f - ((on - off) * eye + off)).abs().max()),
+            "nc1_lower": got["nc1_lower"], "closed_form": closed, "nc1_outputs": got["nc1_outputs"],
+            "nc1": got["nc1"], "n": len(y)}
+
+
 def random_relu_features(num_classes: int, n_per_class: int, dim: int, spread: float = 1.0,
                          seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ReLU features: h = max(0, z_c + spread g) with Gaussian class centres z_c and noise g (float64)."""
@@ -402,7 +445,7 @@ def spread_outside_means_critical_point(num_classes: int = 3, n_per_class: int =
         first.copy_(torch.tensor(alpha * x / input_norm))
         readout.copy_(torch.tensor(alpha * np.eye(num_classes)[labels].T))
     return {"model": model, "x": torch.tensor(x, dtype=_F64), "labels": torch.as_tensor(labels),
-            "weight_decay": lam, "alpha": alpha}
+            "weight_decay": lam, "input_norm": float(input_norm), "alpha": alpha}
 
 
 def critical_point_report(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
@@ -449,7 +492,10 @@ def critical_point_report(model: torch.nn.Module, x: torch.Tensor, labels: torch
 
 def bounds_table(runs) -> pd.DataFrame:
     """One row per run with a settled row: data, lambda, seed, training error, NC1 and its bounds, the share of
-    NC1 the outputs explain (nc1_lower / nc1), s_max(Sigma_W)/lambda, and the centred NC3 with its two parts.
+    NC1 the outputs explain (nc1_lower / nc1), the upper bound over NC1 beside its worst case (1 + s_max/lambda)^2
+    (s_max = s_max(Sigma_W)) and its factor ((lambda + s_max)/(lambda + sigma_means))^2 at the mean within-class
+    variance sigma_means along the centred means, the outputs' NC1, and the centred NC3 (the network's, the ridge
+    readout's) with its two parts.
 
     Runs measured before these columns (metrics version < 5) are left out; a run at f = 0 keeps NaNs.
     """
@@ -463,15 +509,29 @@ def bounds_table(runs) -> pd.DataFrame:
             "data": run.meta["data"]["train"]["dataset"], "weight_decay": lam, "seed": run.config.seed,
             "train_error": settled["train_error"], "nc1": settled["nc1"],
             "nc1_lower": settled["nc1_lower"], "nc1_upper": settled["nc1_upper"],
-            "share": settled["nc1_lower"] / settled["nc1"], "spread_ratio": settled["sigma_w_max"] / lam,
+            "share": settled["nc1_lower"] / settled["nc1"], "upper_ratio": settled["nc1_upper"] / settled["nc1"],
+            "spread_ratio": settled["sigma_w_max"] / lam, "worst_factor": (1 + settled["sigma_w_max"] / lam) ** 2,
+            "means_factor": ((lam + settled["sigma_w_max"]) / (lam + settled["sigma_w_means"])) ** 2,
             "nc1_outputs": settled["nc1_outputs"], "nc3_centred": settled["nc3_centred"],
             "nc3_centred_ridge": settled["nc3_centred_ridge"], "nc3_centred_within": settled["nc3_centred_within"],
             "nc3_centred_asymmetry": settled["nc3_centred_asymmetry"],
             "output_asymmetry": settled["output_asymmetry"]})
     columns = ["data", "weight_decay", "seed", "train_error", "nc1", "nc1_lower", "nc1_upper", "share",
-               "spread_ratio", "nc1_outputs", "nc3_centred", "nc3_centred_ridge", "nc3_centred_within",
-               "nc3_centred_asymmetry", "output_asymmetry"]
+               "upper_ratio", "spread_ratio", "worst_factor", "means_factor", "nc1_outputs", "nc3_centred",
+               "nc3_centred_ridge", "nc3_centred_within", "nc3_centred_asymmetry", "output_asymmetry"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def bounds_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset, over the runs whose NC1 is defined: how many, the share nc1_lower / NC1 (min, median, max), the
+    upper bound over NC1 (median, max), s_max(Sigma_W)/lambda and the means' factor (medians), from
+    :func:`bounds_table` rows."""
+    frame = table.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
+    return frame.groupby("data").agg(
+        runs=("nc1", "size"), share_min=("share", "min"), share_median=("share", "median"),
+        share_max=("share", "max"), upper_ratio_median=("upper_ratio", "median"),
+        upper_ratio_max=("upper_ratio", "max"), spread_ratio_median=("spread_ratio", "median"),
+        means_factor_median=("means_factor", "median"))
 
 
 def bounds_figure(tables: Mapping[str, pd.DataFrame], title: str = ""):

@@ -12,7 +12,7 @@ import torch
 from ncpaper import bounds, theory
 from ncpaper.metrics import UndefinedCollapseError, neural_collapse
 
-SETTINGS = [(3, 20, 5, 0.1, 1.0), (10, 15, 30, 1e-3, 0.5), (4, 50, 8, 1.0, 2.0), (6, 8, 64, 1e-2, 0.3)]
+SETTINGS = bounds.CHECK_SETTINGS
 
 
 def direct(h, y, lam):
@@ -74,6 +74,9 @@ def test_item2_lower_bound_is_the_whitened_nc1_and_items_2_3_order(c, n_per_clas
     upper = c**2 * (lam + s_max) ** 2 * np.trace(g_plus @ d.proj @ r_inv @ sigma_f @ r_inv @ d.proj @ g_plus)
     assert got["nc1_upper"] == pytest.approx(upper, rel=1e-10)
     assert got["nc1_lower"] <= got["nc1"] <= got["nc1_upper"]
+    basis = np.linalg.svd(d.m.T, full_matrices=False)[0][:, :c - 1]
+    assert got["sigma_w_means"] == pytest.approx(np.trace(basis.T @ d.sigma_w @ basis) / (c - 1), rel=1e-10)
+    assert got["sigma_w_max"] == pytest.approx(np.linalg.eigvalsh(d.sigma_w).max(), rel=1e-10)
     # the gap is exactly Tr(D^T (Sigma_W + 2 lambda I) D), D = M^+ - A M^T (M A M^T)^+
     gap_d = np.linalg.pinv(d.m) - d.a @ d.m.T @ np.linalg.pinv(d.m @ d.a @ d.m.T, rcond=1e-10, hermitian=True)
     gap = np.trace(gap_d.T @ (d.sigma_w + 2 * lam * np.eye(d.p)) @ gap_d)
@@ -255,6 +258,7 @@ def test_bounds_table_and_figure_from_runs():
         settled = {"train_error": 0.0, "nc1": nc1, "nc3_centred": 0.1}
         if with_columns:
             settled.update({"nc1_lower": 0.8 * nc1, "nc1_upper": 3 * nc1, "sigma_w_max": 2 * lam, "nc1_outputs": nc1,
+                            "sigma_w_means": 0.5 * lam,
                             "nc3_centred_ridge": 0.1, "nc3_centred_within": 0.05, "nc3_centred_asymmetry": 0.07,
                             "output_asymmetry": 0.2})
         return SimpleNamespace(settled=pd.Series(settled), config=SimpleNamespace(weight_decay=lam, seed=seed),
@@ -266,5 +270,23 @@ def test_bounds_table_and_figure_from_runs():
     table = bounds.bounds_table(runs)
     assert len(table) == 4 and table["share"].tolist() == pytest.approx([0.8] * 4)
     assert table["spread_ratio"].tolist() == pytest.approx([2.0] * 4)
+    assert table["upper_ratio"].tolist() == pytest.approx([3.0] * 4) and table["worst_factor"].tolist() == [9.0] * 4
+    assert table["means_factor"].tolist() == pytest.approx([4.0] * 4)
     fig = bounds.bounds_figure({"MNIST": table, "CIFAR-10": table})
     assert len(fig.axes) == 4 and len(fig.axes[0].get_lines()) == 3
+
+
+def test_the_page_summaries():
+    checks = bounds.identity_table()
+    assert len(checks) == len(bounds.CHECK_SETTINGS) and checks["ordered"].all()
+    assert (checks["worst identity"] < 1e-10).all()
+    sym = bounds.symmetric_outputs_check()
+    assert sym["f_distance"] < 1e-12 and sym["nc1_lower"] == pytest.approx(sym["closed_form"], rel=1e-10)
+    assert sym["nc1_outputs"] == pytest.approx(sym["closed_form"], rel=1e-10) and sym["nc1"] > sym["nc1_lower"]
+    table = pd.DataFrame({"data": ["mnist", "mnist", "cifar10"], "nc1": [1.0, 2.0, math.nan],
+                          "nc1_lower": [0.5, 1.0, math.nan], "nc1_upper": [2.0, 8.0, math.nan],
+                          "share": [0.5, 0.5, math.nan], "upper_ratio": [2.0, 4.0, math.nan],
+                          "spread_ratio": [3.0, 5.0, math.nan], "means_factor": [1.0, 2.0, math.nan]})
+    summary = bounds.bounds_summary(table)
+    assert list(summary.index) == ["mnist"] and summary.loc["mnist", "runs"] == 2
+    assert summary.loc["mnist", "upper_ratio_median"] == 3.0 and summary.loc["mnist", "spread_ratio_median"] == 4.0
