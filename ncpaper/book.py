@@ -23,6 +23,7 @@ NOTEBOOKS = [
     ("lemma1.md", "lemma1", {}, None),
     ("lemma2.md", "lemma2", {}, None),
     ("theorem.md", "theorem", {}, None),
+    ("bounds.md", "bounds", {}, None),
     ("figure.md", "figure1_cifar10", {"figure": "cifar10", "figure_number": 1},
      "Figure 1: Neural Collapse on CIFAR-10, with and without weight decay"),
     ("figure.md", "figure2_mnist", {"figure": "mnist", "figure_number": 2},
