@@ -46,7 +46,10 @@ __all__ = ["SCHEMA_VERSION", "DiskFullError", "ResultsFolderError", "Run", "coll
 SCHEMA_VERSION = 2
 # Bump when a change to ncpaper.metrics or ncpaper.train.measure changes the numbers or adds columns.
 # 4: gradient norms and sum_l ||W_l||^2 at every measured epoch (grad_norm, data_grad_norm, weight_norm_sq).
-METRICS_VERSION = 4
+# 5: settled rows record NC1's bounds by the spread of the outputs and the centred NC3's two sources (ncpaper.bounds:
+#    nc1_lower, nc1_upper, nc1_outputs, nc3_centred_ridge, nc3_centred_within, nc3_centred_asymmetry,
+#    output_asymmetry, sigma_w_max, sigma_w_means).
+METRICS_VERSION = 5
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.json")
 # A checkpoint at least this often (seconds of wall time), besides every tenth of the epochs.
