@@ -172,13 +172,14 @@ def runs_provenance(runs, profile: str, figure) -> dict:
     """What a saved figure records: figure, profile, data source, the plotting commit, every run's commit and
     key, the ncpaper version and the licences. No date: the files' bytes change only when their content does."""
     from . import __version__
+    from .citing import LICENCE
     from .results import _git_state
 
     return {"figure": figure, "profile": profile,
             "data_source": "; ".join(sorted({r.meta["data_source"] for r in runs})),
             "plotted_at_commit": _git_state(), "ncpaper_version": __version__,
             "runs": [{"key": r.meta["key"], "git": r.meta.get("git")} for r in runs],
-            "licence": "figure: CC-BY-4.0 (LICENSE-content); code: MIT (LICENSE)"}
+            "licence": LICENCE}
 
 
 def smallest_text_pt(fig: plt.Figure) -> float:
