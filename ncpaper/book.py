@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["NOTEBOOKS", "PDF", "build_book", "build_pdf", "build_site", "execute_notebooks", "glued_values",
-           "page_inputs", "page_names", "shared_inputs"]
+__all__ = ["NOTEBOOKS", "PDF", "build_book", "build_pdf", "build_site", "execute_notebooks", "fold_parameters",
+           "glued_values", "install_note", "page_inputs", "page_names", "shared_inputs"]
 
 # (source in notebooks/, executed name in book/executed/, extra papermill parameters, page title or None)
 NOTEBOOKS = [
@@ -64,15 +64,70 @@ def _check_pages(only: list[str] | None) -> None:
         raise ValueError(f"no page named {', '.join(unknown)}; choose from {', '.join(page_names())}")
 
 
-def _hide_injected_parameters(path: Path) -> None:
-    """Keep papermill's "injected-parameters" cell in the notebook (Jupyter shows it) but off the page."""
+def fold_parameters(nb) -> bool:
+    """Write papermill's injected values into the notebook's own parameters cell and drop the injected cell, so
+    that the notebook a reader downloads runs as it was executed: its visible parameters cell is the only one
+    that sets parameters (an injected cell after it silently undid any change made there). Each assignment keeps
+    its comment; a parameter the cell lacks is added at its end. Returns whether anything was injected."""
+    import ast
+
+    def tags(cell):
+        return cell.get("metadata", {}).get("tags", [])
+
+    injected = [c for c in nb.cells if "injected-parameters" in tags(c)]
+    if not injected:
+        return False
+    values = {}
+    for cell in injected:
+        tree = ast.parse(cell.source)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                values[node.targets[0].id] = ast.get_source_segment(cell.source, node.value)
+    own = next((c for c in nb.cells if "parameters" in tags(c)), None)
+    if own is None:
+        raise ValueError("papermill injected parameters into a notebook without a parameters cell")
+    lines = own.source.split("\n")
+    done = set()
+    for node in reversed(ast.parse(own.source).body):  # from the end, so that earlier offsets stay valid
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in values:
+            name, value = node.targets[0].id, node.value
+            first, last = lines[value.lineno - 1], lines[value.end_lineno - 1]
+            lines[value.lineno - 1:value.end_lineno] = [first[:value.col_offset] + values[name]
+                                                         + last[value.end_col_offset:]]
+            done.add(name)
+    lines += [f"{name} = {text}" for name, text in values.items() if name not in done]
+    own.source = "\n".join(lines)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in tags(c)]
+    return True
+
+
+def install_note() -> str:
+    """The first cell of every executed notebook (off the site: ``remove-cell``): how to run it outside the book."""
+    from . import __version__
+    from .citing import source_archive
+
+    archive = source_archive()
+    where = (f"the source archive `{archive.name}` (the link in the footer of every page of the book's site)"
+             if archive else "the ncpaper source (the link in the footer of every page of the book's site)")
+    return (f"**Running this notebook.** It needs the `ncpaper` package (version {__version__}) and the book's "
+            f"files, and runs in the book's root folder (it reads `results/` and `published/` there). Download "
+            f"{where}, unpack it, and in its folder run `pip install -e '.[book]'` (Python 3.11+); open this notebook "
+            "from that folder, or run `%cd path/to/that/folder` first. Datasets are read from `$NCPAPER_DATA` (the "
+            "README's Data section). The parameters cell below is the only one that sets parameters: change it and "
+            "run all cells. A run with parameters other than the book page's writes its figures under names made "
+            "from those parameters, and their citation lines say that they are not the book's figures.")
+
+
+def _prepare_download(path: Path) -> None:
+    """Make an executed notebook the one a reader can download and run: parameters folded into the visible
+    parameters cell (:func:`fold_parameters`) and a first cell, off the site, on how to run it."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        tags = cell.get("metadata", {}).get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            cell.metadata["tags"] = [*tags, "remove-cell"]
+    fold_parameters(nb)
+    note = nbformat.v4.new_markdown_cell(install_note(), metadata={"tags": ["remove-cell"]})
+    nb.cells.insert(0, note)
     nbformat.write(nb, path)
 
 
@@ -113,7 +168,7 @@ def _execute_one(root: Path, source: str, name: str, params: dict, title: str | 
                              f"{err.ename}: {err.evalue}") from None
     finally:
         staged.unlink(missing_ok=True)
-    _hide_injected_parameters(out_dir / f"{name}.ipynb")
+    _prepare_download(out_dir / f"{name}.ipynb")
     seconds = time.perf_counter() - tic
     print(f"executed {name} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return seconds
