@@ -105,8 +105,9 @@ def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, r
     if close <= reach * last:
         return Verdict("not decided", f"without weight decay it still falls fast enough (slope {s:.2f}) to close "
                        f"the gap by epoch {close:,.0f}", **numbers)
-    return Verdict("yes", f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds) and at its late slope "
-                   f"({s:.2f}) it would take until epoch {close:.2g} to close", **numbers)
+    pace = (f"it has stopped falling (late slope {s:+.2g}), so the gap never closes" if not math.isfinite(close)
+            else f"at its late slope ({s:.2f}) closing it would take until epoch {close:.2g}")
+    return Verdict("yes", f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds) and {pace}", **numbers)
 
 
 def combined(answers) -> str:
