@@ -176,18 +176,26 @@ def bench_network(profile: str, figure: str, device: torch.device, args) -> list
         row = {"profile": profile, "figure": figure, "network": config.architecture(), "batch": config.batch_size,
                "precision": precision, "step": how, "channels_last": use_sizes.get("channels_last")}
         tic = time.perf_counter()
-        if how == "graph":
-            step = GraphedStep(model, optimizer, precision, device, *data_batches[0])
-        else:
-            if how == "compiled":
-                model = torch.compile(model)
-            step = EagerStep(model, optimizer, precision, device)
-            step(*data_batches[0])
-        sync(device)
-        row["setup_seconds"] = time.perf_counter() - tic
-        if how == "graph":
-            row["graph_vs_eager"] = graph_vs_eager(config, shape, classes, sizes, device, data_batches)
-        times = time_steps(step, data_batches, args.steps, args.repeats, device)
+        try:
+            if how == "graph":
+                step = GraphedStep(model, optimizer, precision, device, *data_batches[0])
+            else:
+                if how == "compiled":
+                    model = torch.compile(model)
+                step = EagerStep(model, optimizer, precision, device)
+                step(*data_batches[0])
+            sync(device)
+            row["setup_seconds"] = time.perf_counter() - tic
+            if how == "graph":
+                row["graph_vs_eager"] = graph_vs_eager(config, shape, classes, sizes, device, data_batches)
+            times = time_steps(step, data_batches, args.steps, args.repeats, device)
+        except Exception as err:  # a variant that does not work here is a finding: recorded, the others go on
+            if how == "eager":
+                raise
+            rows.append({**row, "error": f"{type(err).__name__}: {err}"})
+            print(f"{config.architecture():32s} {precision:9s} {how:8s} FAILED: {type(err).__name__}: {err}",
+                  flush=True)
+            continue
         seconds = statistics.median(times)
         p = peak(device, precision)
         row.update({"ms_per_step": 1e3 * seconds, "ms_spread": 1e3 * (max(times) - min(times)),
@@ -261,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda, but torch sees no CUDA GPU: give --device cpu")
     torch.set_num_threads(1)
     rows = []
-    for profile, figure in TOY_NETWORKS if args.toy else NETWORKS:
-        rows += bench_network(profile, figure, device, args)
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats, "rows": rows}
-    Path(args.out).write_text(json.dumps(info, indent=2))
+    for profile, figure in TOY_NETWORKS if args.toy else NETWORKS:
+        rows += bench_network(profile, figure, device, args)
+        Path(args.out).write_text(json.dumps(info, indent=2))  # after each network: a timeout keeps what was timed
     return 0
 
 

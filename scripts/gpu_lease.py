@@ -7,6 +7,7 @@ within a time budget, publishing each run as it finishes.
     python3 scripts/gpu_lease.py train --profiles convnet paper_seeds --budget 480 --staged-data data/lease \\
         --results /tmp/results --publish-to /tmp/published --out $OUT        # there, as one device call
     python scripts/gpu_lease.py merge <files_at>/published.tar               # here: into published/<folder>/
+    python scripts/gpu_lease.py report <files_at>/lease.json                 # here: the runs' TFLOP/s, a table
 
 **What a lease trains**, per profile, in this order: its lambda pilot (the ``pilot`` entry: the figure's candidate
 lambdas on fewer images), its precision pilot (each ``precision_pilot`` config trained in float32 as well as in its
@@ -721,6 +722,66 @@ def plan_table(records: list[dict], budget: float) -> str:
     return "\n".join(lines)
 
 
+def report_table(report: dict) -> str:
+    """A lease's runs (``lease.json``) as a Markdown table: speed against the chip's peak, and the end of training."""
+    header = ["published/", "run", "precision", "PFLOP", "train s", "wall s", "TFLOP/s", "of peak", "train error",
+              "test error", "NC1", "NC3 centred"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def number(value, fmt):
+        return "" if value is None else format(value, fmt)
+
+    for r in report["runs"]:
+        cells = [r["folder"], r["run"], r["precision"], number(r["training_pflop"], ".3f"),
+                 number(r["train_seconds"], ".0f"), number(r["wall_seconds"], ".0f"), number(r["tflops"], ".3g"),
+                 number(r["fraction_of_peak"], ".1%"), number(r.get("last_train_error"), ".2%"),
+                 number(r.get("last_test_error"), ".2%"), number(r.get("last_nc1"), ".4g"),
+                 number(r.get("last_nc3_centred"), ".4g")]
+        lines.append("| " + " | ".join(cells) + " |")
+    for check in report["precision_checks"]:
+        lines.append(f"\nPrecision pilot {check['run']}: {check['precision']} against float32, largest relative "
+                     f"difference of NC1 and NC3 {check['largest_relative_difference']:.2%} "
+                     f"({'within' if check['passes'] else 'NOT within'} 1%).")
+    return "\n".join(lines)
+
+
+def plan_summary(records: list[dict], device: SharedDevice) -> str:
+    """The plan by group (published folder, role, network, images, epochs, precision): runs, PFLOP a run and in all,
+    the GPU-seconds they need at their kind's rate (F / R), how many finish and when the last of them does."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        c = r["job"].config
+        key = (r["folder"], r["role"], c.architecture(), f"{c.n_per_class * 10:,}", c.epochs, c.precision)
+        groups.setdefault(key, []).append(r)
+    header = ["published/", "role", "network", "images", "epochs", "precision", "runs", "PFLOP a run", "PFLOP",
+              "GPU-s at R", "finish by budget", "last finish s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for key, rows in groups.items():
+        flop = sum(r["job"].flop for r in rows)
+        seconds = sum(r["job"].flop / device.rate(r["kind"]) for r in rows)
+        ends = [r["finish_s"] for r in rows if r["finish_s"] is not None]
+        last = f"{max(ends):.0f}" if ends else ""
+        lines.append(" | ".join(["", *map(str, key), str(len(rows)), f"{rows[0]['pflop']:.3f}", f"{flop / 1e15:.2f}",
+                                 f"{seconds:.0f}", str(len(ends)), last, ""]).strip())
+    return "\n".join(lines)
+
+
+def needed_speedup(specs: list[str], budget: float, parallel: int, device: SharedDevice, device_name=None,
+                   published: list[Path] | None = None) -> float:
+    """The smallest factor k (to 1%) such that with every rate times k the plan finishes every run in the budget."""
+    def finishes(k: float) -> bool:
+        faster = SharedDevice({kind: r * k for kind, r in device.rates.items()}, device.saturation)
+        return all(r["finish_s"] is not None for r in plan(specs, budget, parallel, faster, device_name, published))
+
+    lo, hi = 0.01, 1.0
+    while not finishes(hi):
+        lo, hi = hi, hi * 2
+    while hi / lo > 1.01:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if finishes(mid) else (mid, hi)
+    return hi
+
+
 def paper_rate(profile: str = "paper") -> float:
     """The effective rate of the published runs of ``profile``: their training FLOP over the seconds from the first
     start (finish minus wall time) to the last finish, TFLOP/s."""
@@ -737,14 +798,23 @@ def paper_rate(profile: str = "paper") -> float:
 
 
 def device_command(args) -> str:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    """The one shell command of the device call (``carry: [args.staged]``); with ``--bench``, the step-time pilot
+    (at most 120 s) runs first. Says on stderr when tracked files differ from the commit it names."""
+    def git(*words: str) -> str:
+        return subprocess.run(["git", *words], cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout
+
+    commit = git("rev-parse", "HEAD").strip()
+    if git("status", "--porcelain", "--untracked-files=no").strip():
+        print(f"gpu_lease: tracked files differ from {commit[:12]}: commit them first, or the runs will name a commit "
+              "that is not the code they ran", file=sys.stderr)
     profiles = " ".join(args.profiles)
+    bench = ("timeout 120 python3 benchmarks/bench_gpu_step.py --measure --out $OUT/steps.json 2>&1 "
+             "| tee $OUT/bench.txt; " if args.bench else "")
     return (f"export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 NCPAPER_COMMIT={commit} NCPAPER_CACHE=/tmp/ncpaper-cache; "
-            f"set -o pipefail; python3 scripts/gpu_lease.py train --profiles {profiles} --budget {args.budget:g} "
-            f"--deadline {args.deadline:g} --parallel {args.parallel} --staged-data {args.staged} "
-            f"--data /tmp/ncpaper-data --results /tmp/ncpaper-results --publish-to /tmp/ncpaper-published "
-            f"--out $OUT 2>&1 | tee $OUT/log.txt")
+            f"set -o pipefail; {bench}python3 scripts/gpu_lease.py train --profiles {profiles} "
+            f"--budget {args.budget:g} --deadline {args.deadline:g} --parallel {args.parallel} "
+            f"--staged-data {args.staged} --data /tmp/ncpaper-data --results /tmp/ncpaper-results "
+            f"--publish-to /tmp/ncpaper-published --out $OUT 2>&1 | tee $OUT/log.txt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -761,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--saturation", type=float, default=SATURATION)
     p_plan = sub.add_parser("plan", parents=[common], help="the lease as the model sees it; trains nothing")
     p_plan.add_argument("--json", action="store_true", help="the records as JSON instead of a table")
+    p_plan.add_argument("--summary", action="store_true", help="by group, with the rates and the speed-up needed")
     p_train = sub.add_parser("train", parents=[common], help="train, publish and report")
     p_train.add_argument("--deadline", type=float, help="seconds; then stop the runs in flight (default: budget + 60)")
     p_train.add_argument("--results", default=os.environ.get("NCPAPER_RESULTS") or "results")
@@ -772,9 +843,12 @@ def main(argv: list[str] | None = None) -> int:
     p_command = sub.add_parser("command", parents=[common], help="print the device command for `train`")
     p_command.add_argument("--deadline", type=float)
     p_command.add_argument("--staged", default="data/lease")
+    p_command.add_argument("--bench", action="store_true", help="run benchmarks/bench_gpu_step.py first (<= 120 s)")
     p_stage = sub.add_parser("stage", help="copy the data to carry into FOLDER (MNIST gzipped)")
     p_stage.add_argument("folder")
     p_stage.add_argument("--data", help="data root (default: $NCPAPER_DATA)")
+    p_report = sub.add_parser("report", help="a lease.json's runs as a Markdown table (TFLOP/s, fraction of peak)")
+    p_report.add_argument("json")
     p_merge = sub.add_parser("merge", help="publish a lease's published.tar into the repository")
     p_merge.add_argument("tar")
     p_merge.add_argument("--to", help="published/ root (default: the repository's)")
@@ -790,6 +864,14 @@ def main(argv: list[str] | None = None) -> int:
         records = plan(args.profiles, args.budget, args.parallel, device, args.device, [REPOSITORY / "published"])
         if args.json:
             print(json.dumps([{k: v for k, v in r.items() if k != "job"} for r in records], indent=2))
+        elif args.summary:
+            print(plan_summary(records, device))
+            rates = ", ".join(f"{k} {v / 1e12:g}" for k, v in device.rates.items())
+            speedup = needed_speedup(args.profiles, args.budget, args.parallel, device, args.device,
+                                     [REPOSITORY / "published"])
+            print(f"\nRates R (TFLOP/s): {rates}; saturation {device.saturation:g} runs; at most {args.parallel} "
+                  f"in flight. Every run would finish within {args.budget:g} s with every rate x {speedup:.2f}. "
+                  f"The published paper runs (H100, float32) ran at {paper_rate():.1f} TFLOP/s together.")
         else:
             print(plan_table(records, args.budget))
         return 0
@@ -802,6 +884,9 @@ def main(argv: list[str] | None = None) -> int:
         written = stage(Path(args.folder), data_root(args.data))
         size = sum(p.stat().st_size for p in written)
         print(f"staged {len(written)} file(s), {size / 2**20:.1f} MiB, in {args.folder}")
+        return 0
+    if args.command == "report":
+        print(report_table(json.loads(Path(args.json).read_text())))
         return 0
     if args.command == "merge":
         merged = merge(Path(args.tar), Path(args.to) if args.to else None)

@@ -217,6 +217,9 @@ def test_a_toy_lease_on_the_cpu_trains_publishes_bundles_and_resumes(lease, tmp_
     assert merged.returncode == 0, merged.stderr
     assert [r.meta["key"] for r in load_published(figure, "convnet_toy", tmp_path / "merged")] == [
         r.meta["key"] for r in published]
+    table = subprocess.run([sys.executable, str(SCRIPT), "report", str(tmp_path / "out" / "lease.json")],
+                           capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0 and table.stdout.count("\n| ") == 1 + len(by_key), table.stderr
     # the next lease trains nothing: every run is published (the same pilots make the same choice)
     again = _lease(tmp_path, "--budget", "600")
     assert again.returncode == 0 and "finished 0, already published 11" in again.stdout, again.stdout + again.stderr
