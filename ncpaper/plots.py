@@ -218,6 +218,7 @@ def narrow_copy(fig: plt.Figure) -> plt.Figure:
     grid = copy.add_gridspec(len(shown), 1)
     for k, ax in enumerate(shown):
         ax.set_subplotspec(grid[k])
+        ax.tick_params(labelleft=True, labelbottom=True)  # shared axes had hidden the inner panels' tick labels
     for legend in list(copy.legends):  # figure legends again, in one or two columns
         handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
         legend.remove()

@@ -192,3 +192,10 @@ def test_the_narrow_copy_stacks_panels_in_reading_order():
     assert [ax.get_title() for ax in fig.axes] == ["panel 0", "panel 1", "panel 2", "panel 3"]
     plt.close(fig)
     plt.close(copy)
+    shared = figure_layers_training({"MNIST": run_table([0, 0.01])})  # one row of panels sharing their y-axis
+    copy = narrow_copy(shared)
+    copy.draw_without_rendering()
+    for ax in copy.axes:  # stacked, every panel has its own tick labels again
+        assert any(t.get_visible() and t.get_text() for t in ax.get_yticklabels()), ax.get_title()
+    plt.close(shared)
+    plt.close(copy)
