@@ -4,7 +4,7 @@ within a time budget, publishing each run as it finishes.
     python scripts/gpu_lease.py plan --profiles convnet paper_seeds          # FLOP and a timeline; trains nothing
     python scripts/gpu_lease.py stage data/lease                             # here: the data to carry (< 64 MiB)
     python scripts/gpu_lease.py command --profiles convnet paper_seeds       # here: the device command line
-    python3 scripts/gpu_lease.py train --profiles convnet paper_seeds --budget 480 --staged-data data/lease \\
+    python3 scripts/gpu_lease.py train --profiles convnet paper_seeds --budget 400 --staged-data data/lease \\
         --results /tmp/results --publish-to /tmp/published --out $OUT        # there, as one device call
     python scripts/gpu_lease.py merge <files_at>/published.tar               # here: into published/<folder>/
     python scripts/gpu_lease.py report <files_at>/lease.json                 # here: the runs' TFLOP/s, a table
@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profiles", nargs="+", default=["convnet", "paper_seeds"],
                         help="profiles (or profile/entry), in priority order")
-    common.add_argument("--budget", type=float, default=480.0, help="seconds in which every started run must finish")
+    common.add_argument("--budget", type=float, default=400.0, help="seconds in which every started run must finish")
     common.add_argument("--parallel", type=int, default=12, help="runs in flight at most")
     common.add_argument("--device", help="override the runs' device (cpu: a toy lease here)")
     common.add_argument("--rate", type=_rate, action="append", default=[],
@@ -833,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--json", action="store_true", help="the records as JSON instead of a table")
     p_plan.add_argument("--summary", action="store_true", help="by group, with the rates and the speed-up needed")
     p_train = sub.add_parser("train", parents=[common], help="train, publish and report")
-    p_train.add_argument("--deadline", type=float, help="seconds; then stop the runs in flight (default: budget + 60)")
+    p_train.add_argument("--deadline", type=float, help="seconds; then stop the runs in flight (default: budget + 40)")
     p_train.add_argument("--results", default=os.environ.get("NCPAPER_RESULTS") or "results")
     p_train.add_argument("--data", help="data root (default: $NCPAPER_DATA)")
     p_train.add_argument("--staged-data", help="a folder made by `stage`: the data root is rebuilt from it")
@@ -857,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "parallel", 1) < 1:
         parser.error("--parallel must be at least 1")
     if hasattr(args, "deadline") and args.deadline is None:
-        args.deadline = args.budget + 60
+        args.deadline = args.budget + 40
     if args.command == "plan":
         device = SharedDevice(saturation=args.saturation)
         device.rates.update({k: v * 1e12 for k, v in args.rate})

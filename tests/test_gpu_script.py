@@ -192,6 +192,13 @@ def test_a_toy_lease_on_the_cpu_trains_publishes_bundles_and_resumes(lease, tmp_
     published = load_published(figure, "convnet_toy", tmp_path / "published")
     swept = run_sweep(figure, results=tmp_path / "results", progress=False)  # read from the cache, not retrained
     assert [r.meta["key"] for r in published] == [r.meta["key"] for r in swept]
+    # the columns the published paper runs lack: NC at every hidden layer and on the test set; with weight decay,
+    # the settled row's gradient ratio at every layer and NC1's bounds (the toy VGG-like net has L = 6 layers)
+    for run in published:
+        assert {f"nc1_layer_{k}" for k in range(1, 6)} | {"test_nc1"} <= set(run.table.columns)
+        if run.config.weight_decay > 0:
+            settled = run.settled
+            assert {f"settle_gradient_{k}" for k in range(1, 7)} | {"nc1_lower", "nc1_upper"} <= set(settled.index)
     pilots = load_published(section_configs("convnet_toy", "pilot", "cifar10"), "convnet_toy_pilot",
                             tmp_path / "published")
     assert len(load_published(figure_configs("smoke", "mnist"), "smoke", tmp_path / "published")) == 3
