@@ -320,8 +320,14 @@ class NecessityPage:
         prov["schedule"] = [SCHEDULES["schedule" if r.config.lr_milestones else "constant"] for r in self.runs]
         prov["cpu"] = [r.meta.get("cpu", "unknown") for r in self.runs]
         return prov.groupby(["data", "schedule"], sort=False).agg(
-            runs=("run", "size"), device=("device", "first"), cpu=("cpu", "first"), commit=("commit", "first"),
-            finished=("finished (UTC)", "max"), minutes=("wall min", "sum")).reset_index()
+            runs=("run", "size"), device=("device", "first"), cpu=("cpu", "first"),
+            commits=("commit", lambda c: len(set(c))), finished=("finished (UTC)", "max"),
+            minutes=("wall min", "sum")).reset_index()
+
+    def first_commit(self) -> str:
+        """The commit recorded by the run that started first (a sweep's workers import the code once, then)."""
+        first = min(self.runs, key=lambda r: r.meta["created"])
+        return ((first.meta.get("git") or {}).get("commit") or "unknown")[:10]
 
     def minutes(self) -> float:
         return sum(r.meta["timings"]["wall_seconds"] for r in self.runs) / 60
