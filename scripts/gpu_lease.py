@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import gzip
 import hashlib
 import json
@@ -74,7 +75,6 @@ COLLAPSE_FACTOR = 5.0  # the book's criterion: NC1 and centred NC3 at least 5x b
 PRECISION_TOLERANCE = 0.01  # a precision pilot passes when NC1 and NC3 are within 1% of float32's
 PILOT = "pilot"
 PRECISION_PILOT = "precision_pilot"
-OUT_FILES = ("published.tar", "lease.json", "lease.csv")
 
 
 # ---------------------------------------------------------------------------------------------------- the runs
@@ -89,6 +89,7 @@ class Job:
     entry: str
     flop: float = 0.0  # training FLOP: training_flops x images x epochs
     rank: int = 0  # priority in the lease, 0 first (set by Schedule)
+    piloted: bool = False  # a figure run whose lambda is chosen by a pilot
 
     def __post_init__(self):
         self.flop = self.flop or training_flop(self.config)
@@ -122,7 +123,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def profile_jobs(spec: str, device: str | None = None) -> dict[str, list[Job]]:
     """The runs a lease may train for ``spec``: {"precision pilot": [...], "pilot": [...], "figure": [...]}.
 
-    "figure" holds every candidate; for an entry with a pilot, :func:`figure_jobs_after_pilot` keeps those chosen.
+    "figure" holds every run of the profile's sections; those of a figure with a pilot entry are ``piloted``: every
+    candidate lambda, of which the lease keeps lambda = 0 and those its pilot chooses.
     """
     from ncpaper.profiles import SECTIONS, load_profile, section_configs
 
@@ -133,9 +135,10 @@ def profile_jobs(spec: str, device: str | None = None) -> dict[str, list[Job]]:
         raise ValueError(f"profile {profile!r} has no figure {only!r}; it has {list(spec_dict.get('figures', {}))}")
     jobs: dict[str, list[Job]] = {"precision pilot": [], "pilot": [], "figure": []}
     for section, entry in entries:
+        piloted = section == "figures" and entry in spec_dict.get(PILOT, {})
         for config in section_configs(profile, section, entry, device):
-            jobs["figure"].append(Job(config, profile, "figure", profile, entry))
-        if section == "figures" and entry in spec_dict.get(PILOT, {}):
+            jobs["figure"].append(Job(config, profile, "figure", profile, entry, piloted=piloted))
+        if piloted:
             for config in section_configs(profile, PILOT, entry, device):
                 jobs["pilot"].append(Job(config, f"{profile}_pilot", "pilot", profile, entry))
         if section == "figures" and entry in spec_dict.get(PRECISION_PILOT, {}):
@@ -273,6 +276,7 @@ class Flight:
     started: float
     left: float
     share_seconds: float = 0.0
+    clock: float = field(default_factory=time.time)  # wall clock at the start, to tell a run trained here
 
 
 def startable(device: SharedDevice, flights: list[Flight], queue: list[Job], time_left: float, free: int,
@@ -316,10 +320,9 @@ class Schedule:
                 job.rank, rank = rank, rank + 1
             self.pilots[profile] = self.pilots.get(profile, []) + jobs["pilot"] + jobs["precision pilot"]
             self.add(jobs["pilot"] + jobs["precision pilot"])  # a precision pilot that is a lambda pilot: "pilot"
-            if jobs["pilot"]:
-                self.waiting.setdefault(profile, []).extend(jobs["figure"])
-            else:
-                self.add(jobs["figure"])
+            if piloted := [j for j in jobs["figure"] if j.piloted]:
+                self.waiting.setdefault(profile, []).extend(piloted)
+            self.add([j for j in jobs["figure"] if not j.piloted])
 
     def add(self, jobs: list[Job]) -> None:
         queued = {j.ident for j in self.queue}
@@ -581,8 +584,11 @@ class Lease:
         publish([run], job.folder, self.publish_to)
         bundle(self.publish_to, self.out / "published.tar")
         record = run_record(job, run, flight.started, self.now(), settings)
+        created = datetime.datetime.fromisoformat(run.meta["created"]).timestamp()
+        record["trained_here"] = created >= flight.clock - 1  # else it was in the result cache already
         self.records.append(record)
-        self.device.observe(job.kind, job.flop, flight.share_seconds)
+        if record["trained_here"]:  # a run read from the cache says nothing about the rate
+            self.device.observe(job.kind, job.flop, flight.share_seconds)
         print(f"{self.now():6.0f} s  done {job.config.describe()} ({job.role}): {record['tflops']:.3g} TFLOP/s, "
               f"train_error={record.get('last_train_error', math.nan):.4g} nc1={record.get('last_nc1', math.nan):.4g} "
               f"nc3_centred={record.get('last_nc3_centred', math.nan):.4g}", flush=True)
@@ -622,8 +628,19 @@ class Lease:
                   "stopped": [j.config.describe() for j in stopped],
                   "deferred": [j.config.describe() for j in self.schedule.deferred()]}
         self.out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.out / "lease.json", json.dumps(report, indent=2, default=str))
+        _write_atomic(self.out / "lease.json", json.dumps(_finite(report), indent=2, default=str))
         _write_atomic(self.out / "lease.csv", pd.DataFrame(self.records).to_csv(index=False))
+
+
+def _finite(value):
+    """``value`` with every nan or infinite float replaced by None (JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -739,8 +756,9 @@ def report_table(report: dict) -> str:
                  number(r.get("last_nc3_centred"), ".4g")]
         lines.append("| " + " | ".join(cells) + " |")
     for check in report["precision_checks"]:
+        worst = check["largest_relative_difference"]
         lines.append(f"\nPrecision pilot {check['run']}: {check['precision']} against float32, largest relative "
-                     f"difference of NC1 and NC3 {check['largest_relative_difference']:.2%} "
+                     f"difference of NC1 and NC3 {'undefined' if worst is None else format(worst, '.2%')} "
                      f"({'within' if check['passes'] else 'NOT within'} 1%).")
     return "\n".join(lines)
 
@@ -785,14 +803,12 @@ def needed_speedup(specs: list[str], budget: float, parallel: int, device: Share
 def paper_rate(profile: str = "paper") -> float:
     """The effective rate of the published runs of ``profile``: their training FLOP over the seconds from the first
     start (finish minus wall time) to the last finish, TFLOP/s."""
-    import datetime as dt
-
     from ncpaper.profiles import all_configs
     from ncpaper.published import load_published
 
     runs = load_published(all_configs(profile), profile)
     flop = sum(training_flop(r.config) for r in runs)
-    ends = [dt.datetime.fromisoformat(r.meta["created"]).timestamp() for r in runs]
+    ends = [datetime.datetime.fromisoformat(r.meta["created"]).timestamp() for r in runs]
     starts = [e - r.meta["timings"]["wall_seconds"] for e, r in zip(ends, runs, strict=True)]
     return flop / (max(ends) - min(starts)) / 1e12
 

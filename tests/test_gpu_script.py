@@ -123,6 +123,22 @@ def test_plan_runs_pilots_first_and_defers_what_the_budget_cannot_finish(lease):
     assert all(r["start_s"] is None for r in starved) and len(starved) == 4 + 6  # deferred, every candidate waiting
 
 
+def test_schedule_holds_back_only_the_piloted_figure_runs(lease):
+    """convnet_toy's figure runs wait for its lambda pilot; smoke's runs (figures and phase diagrams) are queued at
+    once, after the pilots; the released runs are what the choice keeps."""
+    schedule = lease.Schedule(["convnet_toy", "smoke"], None, lambda job: False)
+    assert [j.role for j in schedule.queue[:4]] == ["pilot"] * 3 + ["precision pilot"]
+    assert len(schedule.queue) == 4 + len(all_configs("smoke")) and len(schedule.waiting["convnet_toy"]) == 6
+    schedule.release({schedule.queue[0].ident}, lambda profile, jobs: jobs[:1])
+    assert "convnet_toy" in schedule.waiting  # a lambda pilot is in flight
+    schedule.queue = [j for j in schedule.queue if j.role not in ("pilot", "precision pilot")]
+    schedule.release({next(iter(schedule.pilots["convnet_toy"])).ident}, lambda profile, jobs: jobs[:1])
+    assert "convnet_toy" in schedule.waiting
+    schedule.release(set(), lambda profile, jobs: [j for j in jobs if j.config.weight_decay == 0])
+    assert not schedule.waiting and [j.config.weight_decay for j in schedule.queue if j.folder == "convnet_toy"] == [
+        0.0, 0.0]
+
+
 def test_choose_weight_decays_prefers_runs_that_fit_and_collapse(lease):
     last = pd.DataFrame({"weight_decay": [0.0, 1e-3, 2e-3, 4e-3, 8e-3],
                          "train_error": [0.0, 0.0, 0.001, 0.0, 0.05],
@@ -204,6 +220,7 @@ def test_a_toy_lease_on_the_cpu_trains_publishes_bundles_and_resumes(lease, tmp_
     assert len(load_published(figure_configs("smoke", "mnist"), "smoke", tmp_path / "published")) == 3
     # per run: TFLOP/s = training FLOP / training seconds; what it ran with
     by_key = {r["key"]: r for r in report["runs"]}
+    assert all(r["trained_here"] for r in report["runs"])  # none was in the result cache before
     for run in published + pilots:
         record = by_key[run.meta["key"]]
         assert record["training_pflop"] * 1e15 == pytest.approx(lease.training_flop(run.config))
