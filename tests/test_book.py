@@ -234,8 +234,10 @@ READER_CHECKS = """() => {
   const unpadded = Array.from(article.querySelectorAll('td, th')).filter(c =>
     parseFloat(getComputedStyle(c).paddingLeft) < 4 || parseFloat(getComputedStyle(c).paddingRight) < 4).length;
   const figures = Array.from(article.querySelectorAll('figure.nc-figure')).map(f => {
-    const img = f.querySelector('img');
+    const shown = Array.from(f.querySelectorAll('img')).filter(i => i.getBoundingClientRect().width > 0);
+    const img = shown[0];
     return {id: f.id, shown: img.getBoundingClientRect().width, natural: img.naturalWidth, alt: img.alt,
+            images: shown.length, narrow: img.classList.contains('nc-narrow'), src: img.currentSrc,
             full: f.querySelector('a > img') ? f.querySelector('a > img').parentElement.getAttribute('href') : null,
             downloads: Array.from(f.querySelectorAll('a[download]')).map(a => a.getAttribute('href')),
             anchor: !!f.querySelector(`a[href="#${f.id}"]`)};
@@ -247,8 +249,9 @@ READER_CHECKS = """() => {
 
 
 def test_pages_for_readers_on_desktop_and_phone(served):
-    """No table or figure wider than its page, padded cells, figure text >= 9 px on a desktop, no parameters
-    cell or raw glue role, every figure with PNG, PDF, anchor and alt text, every link resolving."""
+    """No table or figure wider than its page, padded cells, figure text >= 10 px on a desktop (1400 px) and on a
+    phone (390 px: the figure's one-column copy), no parameters cell or raw glue role, every figure with PNG, PDF,
+    anchor and alt text, every link resolving."""
     from urllib.parse import urljoin, urlparse
 
     from PIL import Image
@@ -265,6 +268,8 @@ def test_pages_for_readers_on_desktop_and_phone(served):
                 page = context.new_page()
                 address = f"{url}/{page_name}.html"
                 page.goto(address, wait_until="networkidle")
+                page.evaluate("() => Promise.all(Array.from(document.images).map(i => { i.loading = 'eager'; "
+                              "return i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; }); }))")
                 info = page.evaluate(READER_CHECKS)
                 where = (width, page_name)
                 assert info["overflow"] <= 0 and info["wide"] == [], (where, info["overflow"], info["wide"])
@@ -275,11 +280,13 @@ def test_pages_for_readers_on_desktop_and_phone(served):
                     assert figure["anchor"] and len(figure["alt"]) > 40, (where, figure["id"])
                     png = figure["full"]
                     assert png.endswith(".png") and figure["downloads"] == [png, png[:-4] + ".pdf"], (where, figure)
-                    meta = json.loads(Image.open(site / urlparse(urljoin(address, png)).path.lstrip("/"))
-                                      .text["Description"])
+                    assert figure["images"] == 1 and figure["narrow"] == (width < 1000), (where, figure)
+                    shown = urlparse(urljoin(address, png)).path if not figure["narrow"] else \
+                        urlparse(figure["src"]).path  # the full-width figure, or its one-column copy
+                    meta = json.loads(Image.open(site / shown.lstrip("/")).text["Description"])
+                    assert meta["width_in"] * meta["dpi"] == pytest.approx(figure["natural"], abs=1), (where, meta)
                     text_px = meta["smallest_text_pt"] / 72 * meta["dpi"] * figure["shown"] / figure["natural"]
-                    if width >= 1000:  # a phone opens the full-size file instead
-                        assert text_px >= 9, (where, figure["id"], text_px)
+                    assert text_px >= 10, (where, figure["id"], text_px)
                 for href in info["links"]:
                     target = urlparse(urljoin(address, href))
                     if target.scheme in ("http", "https") and target.netloc != urlparse(url).netloc:
@@ -306,8 +313,141 @@ def test_an_executed_notebook_shows_its_figure_and_prose_outside_the_book(built)
     assert any("At the last epoch" in m and "Our criterion" in m for m in markdown)
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "{glue" not in prose
-    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert injected and all("remove-cell" in c.metadata["tags"] for c in injected)
+    assert [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])] == []
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and "remove-cell" in first.metadata["tags"]
+    assert "pip install -e '.[book]'" in first.source
+    [parameters] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    namespace = {}
+    exec(parameters.source, namespace)  # the visible parameters cell holds the page's values
+    assert (namespace["profile"], namespace["figure"], namespace["figure_number"]) == ("smoke", "cifar10", 1)
+
+
+def test_theory_notebooks_show_their_numbers_as_text_not_glue_roles(built):
+    """In Jupyter a {glue:text} role shows as itself; the pages compute their sentences instead."""
+    import nbformat
+
+    root, _ = built
+    for name in ("setting", "lemma1", "lemma2"):
+        nb = nbformat.read(root / "book" / "executed" / f"{name}.ipynb", as_version=4)
+        prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert "{glue" not in prose and "{doc}" not in prose, name
+    page = " ".join(re.sub(r"<[^>]+>", " ", (root / "_build" / "html" / "book" / "executed" / "lemma1.html")
+                           .read_text()).split())
+    assert f": {1 / 20:.3f} for" in page  # Lemma 1's floor 1/(2C) at C = 10, computed
+    assert "The largest difference is" in page and "Compare the weight-decay runs in" in page
+
+
+def test_a_downloaded_notebook_runs_with_the_parameters_set_in_its_visible_cell(built, monkeypatch):
+    """The notebook as the site's download button gives it, one parameter changed in its parameters cell, run as
+    Jupyter runs it (no papermill): the change takes effect (an injected cell used to undo it)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root, _ = built
+    monkeypatch.setenv("NCPAPER_RESULTS", str(root / "results"))  # the runs the build trained
+    downloaded = root / "_build" / "html" / "_sources" / "book" / "executed" / "figure2_mnist.ipynb"
+    page = (root / "_build" / "html" / "book" / "executed" / "figure2_mnist.html").read_text()
+    assert "_sources/book/executed/figure2_mnist.ipynb" in page  # what the download button links
+    nb = nbformat.read(downloaded, as_version=4)
+    [parameters] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "weight_decays = None" in parameters.source
+    parameters.source = parameters.source.replace("weight_decays = None", "weight_decays = [0, 0.05]")
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+    values = {}
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                data = {"/".join(k.split("/")[-2:]): v for k, v in output.get("data", {}).items()}
+                values[name] = data.get("text/plain")
+    assert number(values["wd1"]) == 0.05 and "wd2" not in values  # the book's page has 0.01 and 0.05
+
+
+def test_every_figure_pdf_has_truetype_fonts_only(built):
+    from ncpaper.plots import pdf_fonts
+
+    root, _ = built
+    pdfs = sorted((root / "book" / "figures").glob("*.pdf"))
+    assert len(pdfs) >= 8
+    for pdf in pdfs:
+        fonts = pdf_fonts(pdf)
+        assert fonts and not [f for f in fonts if f[1] == "Type3"], (pdf.name, fonts)
+        assert b"/Type3" not in pdf.read_bytes(), pdf.name
+    narrow = sorted((root / "book" / "figures").glob("*-narrow.png"))
+    assert {p.name[:-len("-narrow.png")] for p in narrow} == {p.stem for p in pdfs}  # a phone copy of each
+
+
+def test_the_footer_links_the_source_archive_of_the_commit(built):
+    import hashlib
+    import io
+    import tarfile
+
+    from ncpaper.citing import source_archive
+
+    root, _ = built
+    site = root / "_build" / "html"
+    archive = source_archive()
+    data = (site / archive.name).read_bytes()
+    assert data == archive.data and hashlib.sha256(data).hexdigest() == archive.sha256
+    assert (site / f"{archive.name}.sha256").read_text() == f"{archive.sha256}  {archive.name}\n"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    prefix = archive.name[:-len(".tar.gz")]
+    assert f"{prefix}/ncpaper/plots.py" in names and f"{prefix}/CITATION.cff" in names
+    inside = [n.partition("/")[2] for n in names if n.startswith(f"{prefix}/")]  # paths under the archive's folder
+    assert len(inside) == len(names) - 1  # every file is in the folder
+    assert not [n for n in inside if n.split("/")[0] in ("results", "data", ".venv", "_build")]
+    for page in PAGES:
+        html = (site / f"{page}.html").read_text()
+        [href] = re.findall(r'<a class="nc-source" href="([^"]+)"', html)
+        assert (site / page).parent.joinpath(href).resolve() == (site / archive.name), page
+        assert archive.sha256 in html and "code MIT, text and figures CC-BY-4.0" in html
+
+
+NAVIGATION = """() => {
+  const visible = e => !!e && e.getBoundingClientRect().width > 0 && getComputedStyle(e).visibility !== 'hidden';
+  const links = Array.from(document.querySelectorAll('.bd-docs-nav a')).filter(visible);
+  const modal = document.getElementById('pst-primary-sidebar-modal');
+  const toc = document.getElementById('pst-secondary-sidebar-modal');
+  return {toc_links: links.length, modal: !!modal && modal.open, page_toc: !!toc && toc.open,
+          sidebar: visible(document.getElementById('pst-primary-sidebar'))};
+}"""
+
+
+def test_navigation_opens_on_a_phone_and_the_sidebar_collapses_on_a_desktop(served):
+    """At 390 px, tapping the visible "☰" shows the table of contents and tapping "On this page" the page's
+    contents (with sphinx-book-theme 1.3.0 and pydata-sphinx-theme 0.17.1 neither did anything); at 1400 px the
+    collapse button hides the sidebar."""
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        phone = browser.new_context(viewport={"width": 390, "height": 800}, has_touch=True, is_mobile=True)
+        page = phone.new_page()
+        page.goto(f"{url}/book/executed/setting.html", wait_until="networkidle")
+        assert page.evaluate(NAVIGATION)["toc_links"] == 0  # hidden until asked for
+        [toggle] = [b for b in page.locator(".primary-toggle").all() if b.is_visible()]
+        toggle.tap()
+        page.wait_for_function("() => document.getElementById('pst-primary-sidebar-modal').open")
+        state = page.evaluate(NAVIGATION)
+        assert state["modal"] and state["toc_links"] >= len(PAGES) - 1, state
+        page.keyboard.press("Escape")
+        [contents] = [b for b in page.locator(".secondary-toggle").all() if b.is_visible()]
+        contents.tap()
+        page.wait_for_function("() => document.getElementById('pst-secondary-sidebar-modal').open")
+        assert "Neural Collapse" in page.locator("#pst-secondary-sidebar-modal").inner_text()
+        phone.close()
+        desktop = browser.new_page(viewport={"width": 1400, "height": 900})
+        desktop.goto(f"{url}/book/executed/setting.html", wait_until="networkidle")
+        assert desktop.evaluate(NAVIGATION)["sidebar"]
+        [collapse] = [b for b in desktop.locator(".primary-toggle").all() if b.is_visible()]
+        collapse.click()
+        desktop.wait_for_function("() => getComputedStyle(document.getElementById('pst-primary-sidebar'))"
+                                  ".visibility === 'hidden'")
+        assert not desktop.evaluate(NAVIGATION)["modal"]
+        browser.close()
 
 
 def test_only_names_the_pages_it_knows(tmp_path):

@@ -59,7 +59,8 @@ def smoke_book(tmp_path_factory):
 
 
 def figure_pngs(root: Path) -> list[Path]:
-    pngs = sorted((root / "book" / "figures").glob("*.png"))
+    """The figures' PNGs, not their one-column copies for phones (``<stem>-narrow.png``, for the site only)."""
+    pngs = sorted(p for p in (root / "book" / "figures").glob("*.png") if not p.name.endswith("-narrow.png"))
     assert len(pngs) >= 8, pngs  # Figures 1-2, two phase diagrams (+ per layer), the layers page's four
     return pngs
 
