@@ -371,6 +371,7 @@ def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels
     marker per lambda (the book's palette), the seed mean as a line and min-max as a band, a dot at the median t*."""
     import matplotlib.pyplot as plt
 
+    from .palette import lambda_style
     from .plots import PAGE_FONTS, PAGE_WIDTH_IN, weight_decay_label, weight_decay_palette, weight_decay_styles
 
     train = training_rows(table)
@@ -388,7 +389,7 @@ def figure_horizon(table: pd.DataFrame, after: pd.DataFrame, columns, row_labels
                     band = runs.groupby("epoch")[column].agg(["mean", "min", "max"])
                     band = band[band["min"] > 0]
                     ax.plot(band.index, band["mean"], color=palette[name], marker=markers[name], markevery=6,
-                            markersize=3.5, linewidth=1.2, label=name)
+                            markersize=3.5, linewidth=1.2, label=name, linestyle=lambda_style(wd).linestyle)
                     ax.fill_between(band.index, band["min"], band["max"], color=palette[name], alpha=0.2,
                                     linewidth=0)
                     t_star = starts.loc[starts["weight_decay"] == wd, "t_star"].median()
