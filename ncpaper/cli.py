@@ -11,7 +11,7 @@ from .book import page_names
 from .data import DATASETS, DataNotFoundError
 from .models import MODELS
 from .profiles import all_configs, figure_configs, load_profile, profile_names
-from .results import results_dir
+from .results import MAX_THREADS, results_dir
 from .sweep import SweepError, run_sweep
 from .train import RunConfig, TrainingDivergedError
 
@@ -27,6 +27,34 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ncpaper: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a width, a channel count)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _thread_count(text: str) -> int:
+    """argparse type: torch threads, 1 to MAX_THREADS."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be a positive integer at most {MAX_THREADS}, got {text!r}")
+    return int(text)
+
+
+def _folder(text: str) -> str:
+    """argparse type: a path, not empty (an empty one would silently mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a folder, or leave the option out for its default")
+    return text
+
+
 def _figure_names() -> list[str]:
     return sorted({name for p in profile_names() for name in load_profile(p).get("figures", {})})
 
@@ -34,13 +62,15 @@ def _figure_names() -> list[str]:
 def _locations(parser: argparse.ArgumentParser, top: bool = False) -> None:
     """--results and --data, before or after the subcommand (after it, they win)."""
     default = None if top else argparse.SUPPRESS
-    parser.add_argument("--results", default=default, help="results folder (unset: $NCPAPER_RESULTS or ./results)")
-    parser.add_argument("--data", default=default, help="data root (unset: $NCPAPER_DATA or ./data)")
+    parser.add_argument("--results", default=default, type=_folder,
+                        help="results folder (unset: $NCPAPER_RESULTS or ./results)")
+    parser.add_argument("--data", default=default, type=_folder, help="data root (unset: $NCPAPER_DATA or ./data)")
 
 
 def _threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, help="torch threads per run, part of its cache key (1 and 2 threads "
-                        "give different last bits); more is faster for one big run. Unset: $NCPAPER_THREADS or 1")
+    parser.add_argument("--threads", type=_thread_count, help="torch threads per run, part of its cache key (1 and "
+                        "2 threads give different last bits); more is faster for one big run. Unset: $NCPAPER_THREADS "
+                        "or 1")
 
 
 def _sizes(args) -> dict:
@@ -53,9 +83,9 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
     d = RunConfig()
     parser.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="training and test data")
     parser.add_argument("--model", default=d.model, choices=sorted(MODELS), help="bias-free network")
-    parser.add_argument("--widths", type=int, nargs="+", default=[512, 512, 512], help="MLP hidden widths")
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="ConvNet channels")
-    parser.add_argument("--fc-width", type=int, default=256, help="ConvNet feature width")
+    parser.add_argument("--widths", type=_positive_int, nargs="+", default=[512, 512, 512], help="MLP hidden widths")
+    parser.add_argument("--channels", type=_positive_int, nargs="+", default=[16, 32, 64], help="ConvNet channels")
+    parser.add_argument("--fc-width", type=_positive_int, default=256, help="ConvNet feature width")
     parser.add_argument("--n-per-class", type=int, default=d.n_per_class, help="training images per class")
     parser.add_argument("--n-test-per-class", type=int, default=d.n_test_per_class, help="test images per class")
     parser.add_argument("--input-pool", type=int, default=d.input_pool,
@@ -91,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _locations(train)
     _run_settings(train)
     train.add_argument("--weight-decay", type=float, default=0.0, help="the slides' lambda")
-    train.add_argument("--seed", type=int, default=0, help="initialisation, subset and batch order")
+    train.add_argument("--seed", type=_seed, default=0, help="initialisation, subset and batch order")
     _threads(train)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -102,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_settings(sweep)
     sweep.add_argument("--weight-decays", type=float, nargs="*", default=[0.0, 1e-3, 5e-3],
                        help="the slides' lambdas")
-    sweep.add_argument("--seeds", type=int, nargs="*", default=[0], help="one run per seed and lambda")
+    sweep.add_argument("--seeds", type=_seed, nargs="*", default=[0], help="one run per seed and lambda")
     sweep.add_argument("--retrain-published", action="store_true",
                        help="with --profile: train runs that published/<profile>/ already holds")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs on a local Dask cluster")
@@ -113,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _locations(publish)
     publish.add_argument("--profile", choices=profile_names(), default="paper", help="whose runs to publish")
     publish.add_argument("--figure", choices=_figure_names(), help="only this figure")
-    publish.add_argument("--to", help="published folder (unset: the repository's published/)")
+    publish.add_argument("--to", type=_folder, help="published folder (unset: the repository's published/)")
 
     book = commands.add_parser("book", help="run the notebooks on a profile and render the site (_build/html)")
     _locations(book)
@@ -206,12 +236,17 @@ def _publish(args) -> int:
         configs = _profile_configs(args.profile, args.figure)
         folders = publish(find_finished(configs, args.results), args.profile, args.to)
     except (ValueError, OSError, MissingResultError) as err:
-        print(f"ncpaper: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     print(f"published {len(folders)} run(s):")
     for folder in folders:
         print(f"  {folder}")
     return 0
+
+
+def _error(err: Exception) -> int:
+    """``ncpaper: error: <message>`` on one line (a message of several lines is joined), exit status 2."""
+    print(f"ncpaper: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,9 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             workers, scheduler = args.workers, args.scheduler
         runs = run_sweep(configs, workers=workers, scheduler=scheduler, results=args.results,
                          data_root=args.data, progress=not getattr(args, "quiet", False), threads=args.threads)
-    except (ValueError, DataNotFoundError, TrainingDivergedError, ConnectionError, SweepError) as err:
-        print(f"ncpaper: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError, TrainingDivergedError, ConnectionError, SweepError) as err:
+        return _error(err)
     print(f"results in {results_dir(args.results).resolve()}:")
     for run in runs:
         last = run.last

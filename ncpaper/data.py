@@ -21,11 +21,14 @@ A damaged file (a truncated IDX file or tarball, labels out of range) raises
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import gzip
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -35,7 +38,7 @@ import numpy as np
 import torch
 
 __all__ = ["DATASETS", "DataCorruptError", "DataNotFoundError", "LabelledImages", "cache_dir", "data_root",
-           "known_checksum", "load", "process_alive"]
+           "input_shape", "known_checksum", "load", "process_alive"]
 
 # Per-channel normalisation constants of the official training sets.
 _NORMALISATION = {
@@ -45,6 +48,9 @@ _NORMALISATION = {
 DATASETS = tuple(_NORMALISATION)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
+# (channels, height, width) of each dataset's images, and its number of classes.
+_IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+NUM_CLASSES = {"mnist": 10, "cifar10": 10}
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -89,14 +95,38 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("NCPAPER_DATA") or "data").expanduser()
 
 
+def input_shape(dataset: str, input_pool: int = 1) -> tuple[int, int, int]:
+    """The shape of one of ``dataset``'s images as a network sees it (after ``input_pool`` x ``input_pool`` pooling)."""
+    channels, height, width = _IMAGE_SHAPES[dataset]
+    return channels, height // input_pool, width // input_pool
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("NCPAPER_CACHE") or "~/.cache/ncpaper").expanduser()
+    """``$NCPAPER_CACHE`` (default ``~/.cache/ncpaper``); a ValueError if it, or a folder above it, is a file."""
+    folder = Path(os.environ.get("NCPAPER_CACHE") or "~/.cache/ncpaper").expanduser()
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise ValueError(f"the cache folder {folder} cannot be made: {place} is a file; point NCPAPER_CACHE "
+                                 "at a folder")
+            break
+    return folder
+
+
+def open_regular(path: str | os.PathLike):
+    """``path`` opened for reading in binary; an OSError if it is not a regular file (a FIFO would block a
+    reader forever, a link to /dev/zero never end)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
 
 
 def sha256_of(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
+    """sha256 of a regular file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -133,7 +163,8 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
         from torchvision.datasets import MNIST  # only to download: importing torchvision takes seconds
 
         try:
-            MNIST(str(root), train=train, download=True)
+            with _removed_if_failed(raw):
+                MNIST(str(root), train=train, download=True)
         except Exception as err:
             raise _missing("MNIST", root, files, err) from None
         source = "MNIST downloaded by torchvision"
@@ -145,6 +176,22 @@ def _load_mnist(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np
     provenance = {"source": source, "location": str(raw.resolve()),
                   "files": {f.name: sha256_file(f) for f in files}}
     return images[:, None, :, :], labels, tuple(str(i) for i in range(10)), provenance
+
+
+@contextlib.contextmanager
+def _removed_if_failed(folder: Path):
+    """A download into ``folder``: if it fails, the folders it created on the way (``folder`` and missing
+    parents, as long as they are empty) are removed again, so a failed download leaves no data root behind."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for created in missing:  # deepest first
+            try:
+                created.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _damaged(path: Path, why: str) -> DataCorruptError:
@@ -227,7 +274,8 @@ def _unpack_jpeg_tarball(tarball: Path) -> Path:
                 if not (target / "train").exists():
                     raise
         except (EOFError, tarfile.TarError, zlib.error, gzip.BadGzipFile) as err:
-            raise _damaged(tarball, f"{type(err).__name__}: {str(err)[:80] or 'truncated'}") from None
+            why = " ".join(str(err).split())[:120] or "truncated"  # one line: tarfile's messages span several
+            raise _damaged(tarball, f"{type(err).__name__}: {why}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -245,7 +293,8 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
             from torchvision.datasets import CIFAR10
 
             try:
-                CIFAR10(str(root), train=train, download=True)
+                with _removed_if_failed(root):
+                    CIFAR10(str(root), train=train, download=True)
             except Exception as err:
                 raise _missing("CIFAR-10", root, [official, folder, tarball], err) from None
         else:

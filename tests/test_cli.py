@@ -78,7 +78,7 @@ def test_one_or_two_threads_are_two_runs(tmp_path, capsys):
         (["train", "--lr", "-0.1"], "lr must be positive"),
         (["train", "--weight-decay", "-1"], "must be >= 0"),
         (["train", "--epochs", "0"], "epochs must be positive"),
-        (["train", "--threads", "0"], "threads must be a positive integer, got 0"),
+        (["train", "--threads", "0"], "argument --threads: must be a positive integer at most 1024, got '0'"),
         (["train", "--n-per-class", "7000"], "has only 5421"),
         (["train", "--input-pool", "0"], "input_pool must be a positive integer"),
         (["sweep", "--weight-decays"], "the sweep is empty"),
@@ -159,13 +159,14 @@ def test_a_read_only_results_folder(tmp_path, capsys, monkeypatch):
 
 
 def test_a_disk_too_full_for_the_result(tmp_path, capsys, monkeypatch):
+    trained = []
+    monkeypatch.setattr(results, "fit", lambda *a, **k: trained.append(1))
     monkeypatch.setattr(results, "_free_bytes", lambda folder: 0)
     code, _, err = run_cli(["--results", str(tmp_path), "train", *SMALL, "--quiet"], capsys)
-    notice, error = err.splitlines()  # the checkpoint is skipped, training goes on, the result cannot be written
-    assert notice.startswith(f"ncpaper: no space left on {tmp_path}/") and "MB for checkpoint.pt (0 MB free); " \
-        "training goes on without new checkpoints (no checkpoint)" in notice
-    one_line_error(code, error, f"no space left on {tmp_path}/")
-    assert error.endswith("MB for metrics.csv (0 MB free)")
+    one_line_error(code, err, f"no space for the run in {tmp_path}: its model.pt, metrics.csv and meta.json take ~")
+    assert err.endswith("MB and 0 MB is free; nothing was trained: free some space or give another --results (or "
+                        "NCPAPER_RESULTS)")
+    assert trained == [] and list(tmp_path.iterdir()) == []
 
 
 def test_damaged_data_files_are_named(tmp_path, capsys, data_root):

@@ -167,7 +167,7 @@ def test_runs_use_one_thread_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("NCPAPER_THREADS", "2")
     assert results.run_or_load(config, tmp_path).meta["threads"] == 2
     monkeypatch.setenv("NCPAPER_THREADS", "all")
-    with pytest.raises(ValueError, match=r"^NCPAPER_THREADS must be a positive integer, got 'all'$"):
+    with pytest.raises(ValueError, match=r"^NCPAPER_THREADS must be a positive integer \(at most 1024\), got 'all'$"):
         results.run_or_load(config, tmp_path)
 
 
@@ -262,11 +262,14 @@ def test_a_full_disk_stops_the_checkpoints_not_the_run(tmp_path, monkeypatch, ca
     assert not list(run.path.glob(".*.tmp*")) and not (run.path / "checkpoint.pt").exists()
 
 
-def test_no_room_for_the_result_is_one_clear_error(tmp_path, monkeypatch):
+def test_no_room_for_the_result_is_one_clear_error_before_training(tmp_path, monkeypatch):
+    calls = count_fits(monkeypatch)
     monkeypatch.setattr(results, "_free_bytes", lambda folder: 1000)
-    with pytest.raises(results.DiskFullError, match=r"^no space left on .*: need ~[0-9.]+ MB for metrics\.csv "
-                                                     r"\(0\.001 MB free\)$"):
+    with pytest.raises(results.DiskFullError, match=rf"^no space for the run in {tmp_path}: its model\.pt, "
+                                                     r"metrics\.csv and meta\.json take ~[0-9.]+ MB and 0\.001 MB is "
+                                                     r"free; nothing was trained: free some space or give another"):
         results.run_or_load(RunConfig.from_dict(TINY), tmp_path)
+    assert calls == [] and list(tmp_path.iterdir()) == []  # no folder, no lock
 
 
 class _Stop(Exception):
