@@ -10,8 +10,11 @@ configuration alone, so reading them needs neither the datasets nor the result c
     ncpaper publish --profile paper    # copies the finished runs' tables and metadata here
 
 Every published file, ``meta.json`` included, is listed with its sha256 in
-``published/<profile>/SHA256SUMS`` (``sha256sum -c SHA256SUMS`` checks it too); a file that fails
-is named, with the ``git checkout`` that restores it.
+``published/<profile>/SHA256SUMS`` (``sha256sum -c SHA256SUMS`` checks it too), and every run's
+``metrics.csv`` is covered by its ``meta.json`` (as in the result cache). In a git checkout whose
+last commit holds files of the profile, every file must also be the committed one: an edit that
+rewrites the checksums too is caught there. A file that fails is an error that names it, with the
+``git checkout`` that restores it; a damaged published run never reads as a missing one.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from .data import sha256_of
-from .results import Run, load_run, results_dir
+from .results import InvalidRunError, Run, check_run, load_run, read_meta, results_dir, sealed, verified_meta
 from .train import RunConfig
 
 __all__ = ["MANIFEST", "MissingResultError", "TamperedResultError", "find_finished", "load_published", "publish",
@@ -69,8 +73,45 @@ def write_manifest(folder: Path) -> Path:
     return folder / MANIFEST
 
 
+def _git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "--no-optional-locks", *args], cwd=folder, capture_output=True, check=True,
+                          timeout=60).stdout.decode(errors="surrogateescape")
+
+
+def committed_changes(folder: Path) -> list[tuple[str, str]] | None:
+    """The files under ``folder`` that are not as the checkout's last commit has them: (path relative to
+    ``folder``, git's two-letter status), tables first, the manifest last. None where git cannot tell: no git or not a
+    checkout, nothing under ``folder`` committed (a profile not committed yet), or $NCPAPER_COMMIT set (a
+    copy of the tree whose ``.git`` may be stale)."""
+    if os.environ.get("NCPAPER_COMMIT"):
+        return None
+    try:
+        if not _git(folder, "ls-tree", "-r", "--name-only", "-z", "HEAD", "--", ".").strip("\0"):
+            return None
+        prefix = _git(folder, "rev-parse", "--show-prefix").strip()
+        status = _git(folder, "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    changes = [(entry[3:].removeprefix(prefix), entry[:2]) for entry in status.split("\0") if entry]
+    return sorted(changes, key=lambda change: (change[0] == MANIFEST, change[0].endswith("meta.json"), change[0]))
+
+
+def _verify_committed(folder: Path) -> None:
+    """Raise naming the first file under ``folder`` that differs from the checkout's last commit (if git can tell)."""
+    for name, code in committed_changes(folder) or []:
+        shown = _shown(folder / name)
+        if "?" in code or "A" in code:
+            raise TamperedResultError(f"published file {shown} is not in the repository's last commit: remove it, "
+                                      "or commit it if you published it")
+        what = "is missing" if "D" in code else "differs from the repository's last commit"
+        raise TamperedResultError(f"published file {shown} {what} (edited or damaged): restore it with "
+                                  f"`git checkout HEAD -- {shown}`, or commit it if you republished it")
+
+
 def verify_published(folder: Path, profile: str) -> None:
-    """Check every file of ``folder``'s runs against ``SHA256SUMS``; raise naming the first that fails."""
+    """Check every file of ``folder``'s runs against the checkout's last commit (where git can tell) and
+    ``SHA256SUMS``; raise naming the first that fails."""
+    _verify_committed(folder)
     manifest = folder / MANIFEST
     republish = f"or republish with `ncpaper publish --profile {profile}`"
     try:
@@ -92,29 +133,39 @@ def verify_published(folder: Path, profile: str) -> None:
                                       f"`git checkout -- {_shown(path)}`, {republish}")
 
 
-def _runs_by_config(folder: Path, wanted: set[str]) -> dict[str, list[Run]]:
-    """Verified runs under ``folder`` whose config is in ``wanted`` (others are not even checksummed)."""
+def _runs_by_config(folder: Path, wanted: set[str], profile: str | None) -> dict[str, list[Run]]:
+    """Verified runs under ``folder`` whose config is in ``wanted``. ``profile`` (a published folder): every
+    run there must be valid, a damaged one is :class:`TamperedResultError`; None (the result cache): a
+    damaged or partial run is skipped, and only the wanted ones are checksummed."""
     found: dict[str, list[Run]] = {}
-    for meta in sorted(folder.glob("*/meta.json")):
+    for meta_file in sorted(folder.glob("*/meta.json")):
+        run_folder = meta_file.parent
         try:
-            config_id = _config_id(json.loads(meta.read_text())["config"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if config_id in wanted and (run := load_run(meta.parent, older_metrics=True)) is not None:
-            found.setdefault(config_id, []).append(run)
+            meta = verified_meta(run_folder, older_metrics=True) if profile else read_meta(run_folder)
+            if (config_id := _config_id(meta["config"])) in wanted:
+                found.setdefault(config_id, []).append(check_run(run_folder, older_metrics=True))
+        except InvalidRunError as err:
+            if profile is not None:
+                raise _damaged(run_folder, err, profile) from None
     return found
 
 
-def _newest(configs: list[RunConfig], folder: Path) -> list[Run | None]:
+def _damaged(run_folder: Path, err: InvalidRunError, profile: str) -> TamperedResultError:
+    shown, folder = _shown(run_folder / err.file), _shown(run_folder)
+    return TamperedResultError(f"published file {shown} {err.why} (edited or damaged): restore it with `git checkout "
+                               f"HEAD -- {folder}`, or republish with `ncpaper publish --profile {profile}`")
+
+
+def _newest(configs: list[RunConfig], folder: Path, profile: str | None) -> list[Run | None]:
     """Each config's run under ``folder`` (None where there is none); one config on two data sources
     (official, JPEG): the newest."""
     ids = [_config_id(config.validated().to_dict()) for config in configs]
-    found = _runs_by_config(folder, set(ids)) if folder.is_dir() else {}
+    found = _runs_by_config(folder, set(ids), profile) if folder.is_dir() else {}
     return [max(found[i], key=lambda r: r.meta["created"]) if i in found else None for i in ids]
 
 
-def _match(configs: list[RunConfig], folder: Path, what: str, remedy: str) -> list[Run]:
-    runs = _newest(configs, folder)
+def _match(configs: list[RunConfig], folder: Path, what: str, remedy: str, profile: str | None = None) -> list[Run]:
+    runs = _newest(configs, folder, profile)
     if missing := [config.describe() for config, run in zip(configs, runs, strict=True) if run is None]:
         raise MissingResultError(f"no {what} run in {folder} for: {'; '.join(missing)}. {remedy}")
     return runs
@@ -140,7 +191,7 @@ def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None
         staging.mkdir(parents=True)
         for name in PUBLISHED_FILES:
             shutil.copy2(run.path / name, staging / name)
-        meta = {**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES}}
+        meta = sealed({**run.meta, "files": {name: run.meta["files"][name] for name in PUBLISHED_FILES}})
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         if load_run(staging, run.meta["key"], older_metrics=True) is None:
             shutil.rmtree(staging)
@@ -158,7 +209,7 @@ def load_published(configs: list[RunConfig], profile: str, root: str | os.PathLi
     if folder.is_dir():
         verify_published(folder, profile)
     return _match(configs, published_dir(root) / profile, "published",
-                  f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.")
+                  f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.", profile)
 
 
 def split_published(configs: list[RunConfig], profile: str, root: str | os.PathLike | None = None
@@ -167,5 +218,5 @@ def split_published(configs: list[RunConfig], profile: str, root: str | os.PathL
     folder = published_dir(root) / profile
     if folder.is_dir():
         verify_published(folder, profile)
-    runs = _newest(configs, folder)
+    runs = _newest(configs, folder, profile)
     return [r for r in runs if r is not None], [c for c, r in zip(configs, runs, strict=True) if r is None]
