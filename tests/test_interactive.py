@@ -128,13 +128,15 @@ def test_hover_legend_and_menu_in_chromium(served_page):
         # the legend: clicking lambda = 0.005 hides both its seeds, clicking again shows them
         entry = page.locator(f"#{plot} .legend .traces").nth(1)
         assert "λ = 0.005" in entry.text_content()
+        # Plotly acts on a single click only once its double-click window (300 ms) has passed: wait for the change
+        visibility = f"() => document.getElementById('{plot}').data.map(t => t.visible)"
         entry.click()
-        page.wait_for_timeout(300)
-        visible = page.evaluate(f"() => document.getElementById('{plot}').data.map(t => t.visible)")
+        page.wait_for_function(f"() => ({visibility})().includes('legendonly')", timeout=5000)
+        visible = page.evaluate(visibility)
         assert visible[2:4] == ["legendonly", "legendonly"] and "legendonly" not in visible[:2] + visible[4:]
         entry.click()
-        page.wait_for_timeout(300)
-        assert "legendonly" not in page.evaluate(f"() => document.getElementById('{plot}').data.map(t => t.visible)")
+        page.wait_for_function(f"() => !({visibility})().includes('legendonly')", timeout=5000)
+        assert "legendonly" not in page.evaluate(visibility)
         # the menu: NC1 instead of the training error
         page.locator(f"#{plot} .updatemenu-header-group").click()
         page.locator(f"#{plot} .updatemenu-item-text", has_text="NC1").first.click()
