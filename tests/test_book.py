@@ -353,15 +353,27 @@ def test_a_downloaded_notebook_runs_with_the_parameters_set_in_its_visible_cell(
     [parameters] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert "weight_decays = None" in parameters.source
     parameters.source = parameters.source.replace("weight_decays = None", "weight_decays = [0, 0.05]")
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
-    values = {}
+    figures = root / "book" / "figures"
+    before = set(figures.iterdir())
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+        written = sorted(p.name for p in set(figures.iterdir()) - before)
+    finally:  # the rerun's figures are not the book's: leave the built book as it was for the other tests
+        for path in set(figures.iterdir()) - before:
+            path.unlink()
+    values, texts = {}, []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
                 data = {"/".join(k.split("/")[-2:]): v for k, v in output.get("data", {}).items()}
                 values[name] = data.get("text/plain")
+            texts.append(str(output.get("data", {}).get("text/markdown", "")) + str(output.get("text", "")))
     assert number(values["wd1"]) == 0.05 and "wd2" not in values  # the book's page has 0.01 and 0.05
+    # its figure is named after the changed parameters (never the page's file) and its cite line says so, first
+    assert written and all(n.startswith("figure2_mnist_smoke-rerun-weight_decays-0-0.05-") for n in written), written
+    assert any(t.lstrip().startswith("**Not the book's figure:**") and "weight_decays=[0, 0.05]" in t
+               for t in texts), [t[:120] for t in texts if "cite" in t.lower()]
 
 
 def test_every_figure_pdf_has_truetype_fonts_only(built):
