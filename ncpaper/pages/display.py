@@ -1,0 +1,112 @@
+"""What the pages display: Markdown prose and HTML blocks (tables, figures), shown in order by :func:`show`.
+
+A table is HTML with readable column names and a caption; a number in a cell shows 4 significant digits
+unless the page says otherwise. ``_HTML`` and ``_Markdown`` are the displayed objects (the PDF edition,
+``book/_ext/ncpaper_pdf.py``, recognises ``_HTML`` by its plain-text form ``<ncpaper.pages._HTML ...>``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import numbers
+import re
+
+import pandas as pd
+
+COLUMN_LABELS = {
+    "weight_decay": "λ", "seed": "seed", "epoch": "epoch", "train_error": "training error",
+    "test_error": "test error", "train_loss": "training loss", "eps": "ε", "nc1": "NC1",
+    "nc2_equinorm_means": "NC2 equinorm, means", "nc2_equiangular_means": "NC2 equiangular, means",
+    "nc2_maxangle_means": "NC2 max-angle, means", "nc2_equinorm_weights": "NC2 equinorm, W",
+    "nc2_equiangular_weights": "NC2 equiangular, W", "nc2_maxangle_weights": "NC2 max-angle, W",
+    "nc2_equinorm_weights_centred": "NC2 equinorm, W centred",
+    "nc2_equiangular_weights_centred": "NC2 equiangular, W centred", "nc3": "NC3",
+    "nc3_centred": "NC3 (W centred)", "nc4": "NC4", "fit_term": "fit term", "w_mean_cosine": "mean cos(W rows)",
+}
+
+
+def readable_columns(columns) -> list[str]:
+    """Column names as a reader reads them (``nc2_equinorm_means`` -> "NC2 equinorm, means")."""
+    return [COLUMN_LABELS.get(c, c) for c in columns]
+
+
+def _significant(digits: int):
+    """A cell formatter: floats to ``digits`` significant digits (0.0001234, 1.2e-07, 0.5; 12,345 whole when
+    it has more digits before the point), anything else as it is."""
+    def shown(value):
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # NumPy floats too
+            value = float(value)
+            return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+        return value
+    return shown
+
+
+def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 4,
+               index: bool = False) -> str:
+    """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide.
+
+    Floats show ``precision`` significant digits unless ``formats`` (column -> format string or function)
+    says otherwise; missing values show as a dash."""
+    shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
+    if index:
+        shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
+    formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
+    default = _significant(precision)
+    styler = shown.style.format({column: formats.get(column, default) for column in shown.columns},
+                                na_rep="–").set_caption(html.escape(caption))
+    styler = styler.set_table_attributes('class="nc-table"')
+    if not index:
+        styler = styler.hide(axis="index")
+    else:
+        styler = styler.format_index("{:g}" if pd.api.types.is_float_dtype(shown.index) else "{}")
+    return f'<div class="nc-table-wrap">{styler.to_html()}</div>'
+
+
+def table(frame: pd.DataFrame, caption: str, **options) -> _HTML:
+    """:func:`table_html` as a displayable object."""
+    return _HTML(table_html(frame, caption, **options))
+
+
+class _HTML:
+    """Rich output: HTML for browsers and Jupyter; an image (when given) for other renderers."""
+
+    def __init__(self, text: str, png: bytes | None = None):
+        self.text, self.png = text, png
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        bundle = {"text/html": self.text}
+        if self.png is not None:
+            bundle["image/png"] = base64.b64encode(self.png).decode()
+        return bundle
+
+
+class _Markdown:
+    def __init__(self, text: str):
+        self.text = text
+
+    def _repr_markdown_(self):
+        return self.text
+
+
+# Their plain-text form (what a renderer without HTML or Markdown prints) names the package, as before it was
+# split into modules: <ncpaper.pages._HTML at 0x...>
+_HTML.__module__ = _Markdown.__module__ = "ncpaper.pages"
+
+
+def show(*items) -> None:
+    """Display Markdown strings (prose) and HTML blocks (figures, tables) in order."""
+    from IPython.display import display
+
+    for item in items:
+        if item:
+            display(_Markdown(item) if isinstance(item, str) else item)
+
+
+def inline_html(text: str) -> str:
+    """Escape text for HTML, keeping `code` spans, **bold** and *italics*, and $maths$ as MathJax inline maths."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+    out = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", out)
+    return re.sub(r"\$([^$]+)\$", r'<span class="math notranslate nohighlight">\\(\1\\)</span>', out)

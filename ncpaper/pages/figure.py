@@ -1,0 +1,319 @@
+"""The pages of Figures 1 and 2 (``notebooks/figure.md``): one figure on one profile, trained or published."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pandas as pd
+
+from .display import _HTML, table_html
+from .figures import FigureFiles, page_figure
+from .prose import commit_notes, lambda_list, percent, pooling_text, span, times_smaller
+from .verdicts import (
+    COLLAPSE_FACTOR,
+    TERMINAL_TRAIN_ERROR,
+    after_interpolation_markdown,
+    after_interpolation_table,
+    criterion_groups,
+    judge_lambdas,
+    verdict_sentence,
+)
+
+
+def _configs_with(configs, weight_decays):
+    """The profile's runs at the given lambdas (same settings and seeds); None: the profile's own lambdas."""
+    if weight_decays is None:
+        return configs
+    weight_decays = [float(w) for w in weight_decays]
+    if 0.0 not in weight_decays:
+        raise ValueError(f"weight_decays={weight_decays}: include 0, the runs every lambda is compared with")
+    first = [c for c in configs if c.weight_decay == configs[0].weight_decay]  # one per seed
+    return [dataclasses.replace(c, weight_decay=w) for w in sorted(set(weight_decays)) for c in first]
+
+
+@dataclass
+class FigurePage:
+    """Figure 1 or 2 on one profile: the runs, the figure, and what the page says about them."""
+
+    profile: str
+    figure: str
+    figure_number: int
+    published: bool = False
+    weight_decays: list | None = None
+    root: str = "."
+    missing: str | None = None
+    runs: list = field(default_factory=list)
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        from ..results import collect
+
+        return collect(self.runs)
+
+    @cached_property
+    def last(self) -> pd.DataFrame:
+        """End of training (last "train" row), mean over seeds, one row per lambda."""
+        from ..analysis import last_rows
+
+        return last_rows(self.table).groupby("weight_decay").mean(numeric_only=True)
+
+    @cached_property
+    def seeds(self) -> int:
+        """Seeds per weight decay (the most any lambda has)."""
+        return int(self.table.groupby("weight_decay")["seed"].nunique().max())
+
+    @property
+    def over_seeds(self) -> str:
+        """How the page's numbers combine seeds: "one seed (seed 0)" or "means over 3 seeds"."""
+        return (f"one seed (seed {int(self.table['seed'].iloc[0])})" if self.seeds == 1
+                else f"means over {self.seeds} seeds")
+
+    @property
+    def nc3_column(self) -> str:
+        from ..plots import classifier_column
+
+        return classifier_column(self.table, "nc3")[0]
+
+    @property
+    def label(self) -> str:
+        return f"Figure {self.figure_number} ({self.runs[0].meta['data_source'] if self.runs else self.figure}, " \
+               f"profile '{self.profile}')"
+
+    @cached_property
+    def description(self) -> str:
+        c, source, classes = self.runs[0].config, self.runs[0].meta["data_source"], self.runs[0].meta["num_classes"]
+        test = (f", test error on {c.n_test_per_class * classes:,} test images ({c.n_test_per_class:,} per class)"
+                if c.n_test_per_class else "")
+        return (f"{source}{pooling_text(self.runs[0])}, {c.n_per_class * classes:,} training images "
+                f"({c.n_per_class:,} per class){test}, {c.architecture()}, {c.epochs} epochs, profile '{self.profile}'")
+
+    @cached_property
+    def files(self) -> FigureFiles:
+        from ..plots import figure_nc
+        from ..rerun import figure_stem, rerun_of
+
+        lambdas = sorted(self.last.index)
+        rerun = rerun_of("figure.md", {"profile": self.profile, "figure": self.figure,
+                                       "figure_number": self.figure_number, "published": self.published,
+                                       "weight_decays": self.weight_decays})
+        stem = figure_stem(f"figure{self.figure_number}_{self.figure}_{self.profile}", rerun)
+        side = "classifier rows, centred" if self.nc3_column.endswith("_centred") else "classifier rows"
+        seeds = "lines are means over seeds, bands their range" if self.seeds > 1 else \
+            f"{self.over_seeds} per weight decay"
+        caption = (f"**Figure {self.figure_number}.** {self.description}. Neural Collapse measured on the training "
+                   f"set at log-spaced epochs, one colour, marker and line style per weight decay "
+                   f"(λ = {lambda_list(lambdas)}; black, solid: none); {seeds}. Filled markers: class means; open "
+                   f"markers: {side}; dotted verticals: learning-rate cuts. All settings are our choices (see "
+                   f"Reproduce and cite).")
+        nc1 = ", ".join(f"{self.last.loc[w, 'nc1']:.3g} at λ = {w:g}" for w in lambdas)
+        alt = (f"Eight line plots against training epoch on a log axis, one line per weight decay "
+               f"(λ = {lambda_list(lambdas)}): training error, training loss, NC1, NC2 equinorm, NC2 equiangularity, "
+               f"NC2 max-angle, NC3 and NC4. At the last epoch NC1 is {nc1}.")
+        params = f"profile='{self.profile}', figure='{self.figure}'" + (
+            f", weight_decays={[float(w) for w in lambdas]}" if self.weight_decays is not None else "")
+        c = self.runs[0].config
+        fig = figure_nc(self.table, title=f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
+                                          f"profile '{self.profile}'",
+                        rate_cuts=[round(m * c.epochs) for m in c.lr_milestones])
+        return page_figure(fig, stem, self.runs, self.profile, figure_id=self.figure_number,
+                           what=f"Figure {self.figure_number} ({self.runs[0].meta['data_source']}, profile "
+                                f"'{self.profile}')",
+                           notebook="figure.md", params=params, caption=caption, alt=alt, root=self.root,
+                           rerun=rerun)
+
+    def interactive(self):
+        """The figure as an interactive figure (``ncpaper.interactive``); None while the runs are missing."""
+        if self.missing:
+            return None
+        from ..interactive import nc_figure
+
+        c = self.runs[0].config
+        return nc_figure(self.table, title=f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
+                                           f"profile '{self.profile}'", name=self.files.stem,
+                         rate_cuts=[round(m * c.epochs) for m in c.lr_milestones])
+
+    def figure_block(self):
+        if self.missing:
+            return self.missing
+        return self.files.html()
+
+    def results_markdown(self) -> str:
+        """What the figure shows at the last epoch, one sentence per lambda, then our 5x criterion."""
+        if self.missing:
+            return ""
+        last, nc3 = self.last, self.nc3_column
+        zero = last.loc[0.0]
+        nc3_name = "NC3 (W centred)" if nc3.endswith("_centred") else "NC3"
+        parts = [f"**At the last epoch** ({self.runs[0].config.epochs}; {self.over_seeds}). Without weight decay "
+                 f"NC1 is {zero['nc1']:.3g} and {nc3_name} {zero[nc3]:.3g} (training error {zero['train_error']:.2%})."]
+        for wd in sorted(w for w in last.index if w > 0):
+            row = last.loc[wd]
+            parts.append(f"With $\\lambda = {wd:g}$: NC1 {row['nc1']:.3g}, "
+                         f"**{times_smaller(zero['nc1'] / row['nc1'])}**, and {nc3_name} {row[nc3]:.3g}, "
+                         f"**{times_smaller(zero[nc3] / row[nc3])}** (training error {row['train_error']:.2%}).")
+        return (" ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway() + "\n\n"
+                + after_interpolation_markdown(self.table))
+
+    def after_table(self):
+        """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
+        return None if self.missing else after_interpolation_table(self.table, self.label)
+
+    def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
+        """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
+        from ..analysis import last_rows, settled_rows, training_rows
+
+        last, nc3 = self.last, self.nc3_column
+        zero = last.loc[0.0]
+        n_train = self.runs[0].config.n_per_class * self.runs[0].meta["num_classes"]
+        judged = judge_lambdas(last, nc3, factor, max_train_error)
+        ratio = {w: ratios for w, (ratios, _) in judged.items()}
+        met, weak, unfit = criterion_groups(judged, factor)
+        seeds = "one seed" if self.seeds == 1 else f"{self.seeds} seeds, means"
+        spread_note = (" How much such numbers move from seed to seed is measured on [Is weight decay necessary?]"
+                       "(necessity.ipynb) (3 seeds of smaller runs, twenty times longer) and on the phase diagrams "
+                       "(3 seeds at every λ)." if self.seeds == 1 else "")
+        train = training_rows(self.table)
+        first_nc1 = train[train["epoch"] == train["epoch"].min()].groupby("weight_decay")["nc1"].mean()[0.0]
+        parts = [f"**What to take from it** ({seeds} per λ).{spread_note} Without weight decay the network "
+                 f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
+                 f"{percent(zero['train_error'])}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last "
+                 f"epoch"
+                 + (f": NC1 fell {first_nc1 / zero['nc1']:.3g}-fold from the first measured epoch ({first_nc1:.3g}) "
+                    f"without weight decay too." if first_nc1 > zero["nc1"] else
+                    f", NC1 no lower than at the first measured epoch ({first_nc1:.3g}).")]
+        if met:
+            wrong = span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}".format)  # seed means
+            nc1s, nc3s = [ratio[w][0] for w in met], [ratio[w][1] for w in met]
+            worst = max(last.loc[w, "train_error"] for w in met)
+            fit = (f"it fits all {n_train:,} training images" if worst == 0 else
+                   f"it misclassifies {wrong} of its {n_train:,} training images (error at most {percent(worst)})")
+            parts.append(f"With λ = {lambda_list(met)} {fit} and NC1 is {span(nc1s)} and NC3 {span(nc3s)} times "
+                         f"smaller: the collapse of NC1 and NC3 with weight decay that the paper's figures show.")
+            edge = [w for w in met if min(ratio[w]) < 1.1 * factor]
+            if edge:
+                parts.append(f"At λ = {lambda_list(edge)} the smaller ratio is within 10% of our {factor:g}x "
+                             f"threshold: met, but only just, on {seeds.split(',')[0]}.")
+        if weak:
+            parts.append(f"At λ = {lambda_list(weak)} it fits but collapses less than {factor:g}-fold.")
+        if unfit:
+            errors = span([last.loc[w, "train_error"] for w in unfit], percent)
+            parts.append(f"From λ = {min(unfit):g} on, more of the training set than our {max_train_error:.1%} "
+                         f"threshold stays misclassified (error {errors}), so those runs are outside the terminal "
+                         f"phase as we define it.")
+        epochs = self.runs[0].config.epochs
+        earlier = last_rows(train[train["epoch"] <= 0.75 * epochs]).groupby("weight_decay")["nc1"].mean()
+        if len(earlier) == len(last):
+            fall = earlier / last["nc1"]
+            with_wd = [fall[w] for w in ratio]
+            parts.append(f"Over the last quarter of training NC1 still fell {span(with_wd)} times with weight decay "
+                         f"and {fall[0.0]:.1f} times without: the ratios are those at epoch {epochs}, not limits.")
+        if "test_error" in last.columns and last["test_error"].notna().all():
+            parts.append(f"Test error is {zero['test_error']:.1%} without weight decay and "
+                         f"{span([last.loc[w, 'test_error'] for w in ratio], '{:.1%}'.format)} with it.")
+        settled = settled_rows(self.table)
+        balance = [c for c in settled.columns if c.startswith("balance_")]
+        if len(settled) and balance:
+            trained = last_rows(train)
+            trained = trained[trained["weight_decay"] > 0][balance]
+            gradients = [c for c in settled.columns if c.startswith("settle_gradient_")]
+            hidden = sorted(gradients, key=lambda c: int(c.rsplit("_", 1)[1]))[:-1]  # W_L's is 0 after settling
+            still = (f" The hidden layers are not stationary there: their gradient "
+                     f"$\\lVert\\nabla_{{W_l}}J\\rVert_F / \\lVert\\lambda W_l\\rVert_F$ (0 at a critical point) "
+                     f"is {span(settled[hidden].max(axis=1).tolist())} (largest layer, per run)."
+                     if hidden and settled[hidden].notna().all().all() else "")
+            parts.append(f"Lemma 2's balance (every layer's ratio 1) holds at critical points, and SGD's last "
+                         f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settling "
+                         f"after training (Lemma 2 page: the classifier solved exactly and every unit and layer "
+                         f"rescaled) stops only when every layer is within 0.1% of it, so the settled runs meet it "
+                         f"by construction (here within {float((settled[balance] - 1).abs().max().max()):.2%}); it "
+                         f"makes the objective stationary in those directions, not in every direction.{still}")
+        return " ".join(parts)
+
+    def end_table(self):
+        if self.missing:
+            return None
+        columns = ["train_error", "test_error", "train_loss", "eps", "nc1", "nc2_equinorm_means",
+                   "nc2_equiangular_means", self.nc3_column, "nc4"]
+        caption = (f"Table: {self.label} at the last training epoch, {self.over_seeds}, one row per weight decay "
+                   f"(the measurements on the training set; test error on the test set).")
+        return _HTML(table_html(self.last[columns], caption, index=True,
+                                formats={"train_error": "{:.2%}", "test_error": "{:.2%}"}))
+
+    def origin_markdown(self) -> str:
+        from ..analysis import provenance_table
+
+        if self.missing:
+            return ""
+        prov = provenance_table(self.runs)
+        if self.published:
+            notes = sorted({n for r in self.runs if (n := (r.meta.get("git") or {}).get("note"))})
+            return (f"These are **published results**: the book reads them from `published/{self.profile}/` and "
+                    f"does not retrain them. They were trained on {', '.join(sorted(prov['device'].unique()))} in "
+                    f"{', '.join(sorted(prov['precision'].unique()))}, finished between "
+                    f"{prov['finished (UTC)'].min()} and {prov['finished (UTC)'].max()} UTC; their wall times "
+                    f"(training, measuring and settling, some side by side on one device) add up to "
+                    f"{prov['wall min'].sum():.0f} minutes. `ncpaper sweep --profile {self.profile} --figure "
+                    f"{self.figure} --retrain-published` retrains them (resuming from checkpoints) and `ncpaper "
+                    f"publish --profile {self.profile}` republishes them."
+                    + commit_notes(notes))
+        return (f"These runs are trained when the book is built (or read from the result cache, keyed by their "
+                f"configuration and data) on the profile '{self.profile}'.")
+
+    def provenance(self):
+        from ..analysis import provenance_table
+
+        if self.missing:
+            return None
+        shown = provenance_table(self.runs).drop(columns=["data", "training images"])  # both are in the caption
+        return _HTML(table_html(shown, f"Table: the runs of {self.label}: where, when and by which code each was "
+                                       "trained.", formats={"wall min": "{:.1f}", "images/s": "{:,.0f}",
+                                                            "λ": "{:g}"}))
+
+    def glue(self) -> None:
+        """Glue the page's numbers (for other pages and the tests), without displaying anything."""
+        from myst_nb import glue
+
+        glue("missing", self.missing or "", display=False)
+        if self.missing:
+            return
+        last, nc3 = self.last, self.nc3_column
+        glue("caption", self.description, display=False)
+        glue("data_source", self.runs[0].meta["data_source"], display=False)
+        glue("epochs", int(self.runs[0].config.epochs), display=False)
+        glue("nc1_nowd", float(last.loc[0.0, "nc1"]), display=False)
+        glue("nc3_nowd", float(last.loc[0.0, nc3]), display=False)
+        for k, wd in enumerate(sorted(w for w in last.index if w > 0), start=1):
+            glue(f"wd{k}", float(wd), display=False)
+            glue(f"nc1_ratio_{k}", float(last.loc[0.0, "nc1"] / last.loc[wd, "nc1"]), display=False)
+            glue(f"nc3_ratio_{k}", float(last.loc[0.0, nc3] / last.loc[wd, nc3]), display=False)
+        glue("figure_anchor", self.files.anchor, display=False)
+
+
+def _not_published(profile: str, figure: str, err: Exception) -> str:
+    return (f"**Not yet published.** The full-scale runs of this figure (profile '{profile}', as it stands in "
+            f"`ncpaper/profiles.yaml`) are not in `published/{profile}/` yet, so there is no figure here. To make "
+            f"them: `ncpaper sweep --profile {profile} --figure {figure}`, then `ncpaper publish --profile "
+            f"{profile}`, and rebuild the book. ({err})")
+
+
+def figure_page(profile: str, figure: str, figure_number: int, published: bool = False,
+                weight_decays: list | None = None, root: str | os.PathLike = ".", progress: bool = True
+                ) -> FigurePage:
+    """Load (published) or train the figure's runs and return its page; a missing publication is a note."""
+    from ..profiles import figure_configs
+    from ..published import MissingResultError, load_published
+    from ..sweep import run_sweep
+
+    configs = _configs_with(figure_configs(profile, figure), weight_decays)
+    page = FigurePage(profile, figure, figure_number, published, weight_decays, str(root))
+    if published:
+        try:
+            page.runs = load_published(configs, profile)
+        except MissingResultError as err:
+            page.missing = _not_published(profile, figure, err)
+    else:
+        page.runs = run_sweep(configs, progress=progress)
+    return page

@@ -1,0 +1,108 @@
+"""Our criterion (not the paper's) for Neural Collapse with weight decay, and what happens after interpolation.
+
+The criterion, at the last epoch: the network is in the terminal phase (training error at most
+``TERMINAL_TRAIN_ERROR``) and NC1 and NC3 are ``COLLAPSE_FACTOR`` times smaller than without weight decay.
+"After interpolation": from t*, the first measured epoch from which the training error stays that low.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import analysis as _analysis
+from .display import _HTML, table_html
+from .prose import span
+
+# Our criterion (not the paper's) for "Neural Collapse with weight decay" at the last epoch: the terminal phase
+# (training error at most TERMINAL_TRAIN_ERROR) and NC1 and NC3 COLLAPSE_FACTOR times below lambda = 0.
+COLLAPSE_FACTOR = 5.0
+TERMINAL_TRAIN_ERROR = _analysis.TERMINAL_TRAIN_ERROR  # "fits its training set", on every page
+
+
+def judge_lambdas(last_means: pd.DataFrame, nc3_column: str, factor: float, max_train_error: float) -> dict:
+    """lambda > 0 -> ((NC1 ratio, NC3 ratio) against lambda = 0, fits the training set?), in lambda order."""
+    if 0.0 not in last_means.index:
+        raise ValueError("the figure has no lambda = 0 runs to compare with; add 0 to its weight decays")
+    zero = last_means.loc[0.0]
+    return {w: ((zero["nc1"] / last_means.loc[w, "nc1"], zero[nc3_column] / last_means.loc[w, nc3_column]),
+                bool(last_means.loc[w, "train_error"] <= max_train_error))
+            for w in sorted(w for w in last_means.index if w > 0)}
+
+
+def criterion_groups(judged: dict, factor: float) -> tuple[list, list, list]:
+    """:func:`judge_lambdas`'s lambdas split by our criterion: (met, fit but collapse less than ``factor``-fold,
+    unfit)."""
+    met = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) >= factor]
+    weak = [w for w, (ratios, fits) in judged.items() if fits and min(ratios) < factor]
+    unfit = [w for w, (_, fits) in judged.items() if not fits]
+    return met, weak, unfit
+
+
+def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
+                     max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
+    """Our criterion (not the paper's): in the terminal phase (training error at most ``max_train_error``)
+    with NC1 and NC3 at the last epoch ``factor`` times smaller than without weight decay? One clause per
+    lambda > 0, with the numbers."""
+    judged = judge_lambdas(last_means, nc3_column, factor, max_train_error)
+    zero = last_means.loc[0.0]
+    met, missed = [], []
+    for wd, (ratios, fits) in judged.items():
+        row = last_means.loc[wd]
+        if min(ratios) >= factor and fits:
+            met.append(f"λ = {wd:g}")
+        else:
+            why = "" if fits else f"training error {row['train_error']:.2%}, over {max_train_error:.1%}; "
+            missed.append(f"λ = {wd:g} ({why}NC1 {row['nc1']:.3g} against {zero['nc1']:.3g}, NC3 "
+                          f"{row[nc3_column]:.3g} against {zero[nc3_column]:.3g}"
+                          + (f"; training error {row['train_error']:.2%})" if fits else ")"))
+    return (f"**Our criterion** (ours, not the paper's): in the terminal phase (training error at most "
+            f"{max_train_error:.1%}) with NC1 and NC3 at the last epoch at least {factor:g} times smaller than "
+            f"without weight decay? " + (f"Yes at {' and '.join(met)}. " if met else "")
+            + (f"**No** at {'; '.join(missed)}." if missed else ""))
+
+
+def after_interpolation_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per lambda, over seeds as "mean (min-max)": t* and NC1 / the figure's NC3 at t*, at the end, their fall
+    after t* and their late slope (:func:`ncpaper.analysis.after_interpolation`)."""
+    from ..necessity import spread
+    from ..plots import classifier_column
+
+    nc3 = classifier_column(table, "nc3")[0]
+    after = _analysis.after_interpolation(table, columns=("nc1", nc3))
+    rows = []
+    for wd, runs in after.groupby("weight_decay"):
+        row = {"λ": f"{wd:g}", "fit (seeds)": f"{int(runs['t_star'].notna().sum())} of {len(runs)}",
+               "t*": spread(runs["t_star"])}
+        for column, name in (("nc1", "NC1"), (nc3, "NC3")):
+            row.update({f"{name} at t*": spread(runs[f"{column}_at_t_star"]),
+                        f"{name} end": spread(runs[f"{column}_end"]), f"{name} fall": spread(runs[f"{column}_fall"]),
+                        f"{name} slope": spread(runs[f"{column}_slope"], 2)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def after_interpolation_table(table: pd.DataFrame, label: str) -> _HTML:
+    """:func:`after_interpolation_summary` as the pages show it."""
+    caption = (f"Table: {label} after interpolation. t*: the first measured epoch from which the training error "
+               f"stays at most {TERMINAL_TRAIN_ERROR:.1%}; NC1 and NC3 at t* and at the last epoch, their fall after "
+               f"t* (times smaller) and late slope d log / d log epoch over the last decade of epochs; mean "
+               f"(min–max) over seeds; dashes: never fits (or too few measurements for a slope).")
+    return _HTML(table_html(after_interpolation_summary(table), caption))
+
+
+def after_interpolation_markdown(table: pd.DataFrame) -> str:
+    """One sentence: what NC1 does after t* without weight decay, against the weight decays (seed means)."""
+    from ..necessity import spread
+
+    after = _analysis.after_interpolation(table, columns=("nc1",))
+    zero, positive = after[after["weight_decay"] == 0], after[after["weight_decay"] > 0]
+    if zero.empty or zero["t_star"].isna().any():
+        return ("**After interpolation.** Without weight decay the network does not fit its training set (training "
+                f"error at most {TERMINAL_TRAIN_ERROR:.1%}) on every seed, so nothing is measured after t*.")
+    falls = positive.groupby("weight_decay")["nc1_fall"].mean().dropna()
+    with_wd = (f"; with weight decay it fell {span(falls.tolist())}-fold after its own t*" if len(falls) else "")
+    return (f"**After interpolation.** Without weight decay the network fits its training set from epoch "
+            f"t* = {spread(zero['t_star'])} on, and from there NC1 went from {spread(zero['nc1_at_t_star'])} to "
+            f"{spread(zero['nc1_end'])}, a {spread(zero['nc1_fall'])}-fold fall (late slope "
+            f"{spread(zero['nc1_slope'], 2)}){with_wd}. [Is weight decay necessary?](necessity.ipynb) follows this "
+            f"for twenty times longer.")
