@@ -103,6 +103,14 @@ def show(*items) -> None:
             display(_Markdown(item) if isinstance(item, str) else item)
 
 
+def glue_numbers(numbers: dict) -> None:
+    """Glue a page's numbers (name -> value) for its prose and the tests, without displaying anything."""
+    from myst_nb import glue
+
+    for name, value in numbers.items():
+        glue(name, value, display=False)
+
+
 def inline_html(text: str) -> str:
     """Escape text for HTML, keeping `code` spans, **bold** and *italics*, and $maths$ as MathJax inline maths."""
     out = html.escape(text, quote=False)

@@ -1,0 +1,152 @@
+"""The Layer by layer page's logic (ncpaper.pages.layers) on small tables built by hand."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from ncpaper.pages.layers import (
+    depth_checks,
+    end_of_training,
+    falls_with_depth,
+    held_out,
+    layer_nc1_table,
+    nc1_falls_over_training,
+    number,
+    phase_comparison,
+    train_test_rows,
+    value_range,
+    weight_decay_effect,
+)
+
+NAN = float("nan")
+
+
+def _last(rows):
+    """End-of-training rows: (weight decay, seed, NC1 per layer, nearest-centre disagreement per layer)."""
+    frame = []
+    for k, (wd, seed, nc1, nc4) in enumerate(rows):
+        row = {"run_id": f"r{k}", "weight_decay": wd, "seed": seed, "epoch": 10, "train_error": 0.0}
+        row.update({f"nc1_layer_{layer}": v for layer, v in enumerate(nc1, start=1)})
+        row.update({f"nc4_layer_{layer}": v for layer, v in enumerate(nc4, start=1)})
+        frame.append(row)
+    return pd.DataFrame(frame)
+
+
+def test_numbers_and_ranges_read_as_a_reader_reads_them():
+    assert number(0.012345) == "0.012" and number(1234.5) == "1,234" and number(0.5, ".1%") == "50.0%"
+    assert value_range([3.0, 1.0, 2.0]) == "1–3"  # smallest to largest, an en dash
+    assert value_range([1.001, 1.004]) == "1"  # the same when written: one number
+    assert value_range([NAN, math.inf, 2.0]) == "2"  # only the finite values
+    assert value_range([NAN, -math.inf]) == "undefined"
+
+
+def test_the_effect_of_weight_decay_is_named_by_the_direction_of_every_ratio():
+    assert weight_decay_effect([2.0, 4.0], "NC1") == "lowers NC1 2–4 times"
+    assert weight_decay_effect([0.5, 0.25], "NC1") == "raises NC1 2–4 times"  # inverted: how many times larger
+    mixed = weight_decay_effect([0.5, 2.0, NAN], "NC1")
+    assert mixed == "changes NC1 by a factor 0.5–2 (value without over value with)"
+    assert weight_decay_effect([NAN], "NC1").endswith("factor undefined (value without over value with)")
+
+
+def test_falls_with_depth_needs_a_fall_at_every_step_between_finite_values():
+    assert falls_with_depth([3.0, 2.0, 1.0])
+    assert falls_with_depth([3.0, NAN, 1.0])  # an undefined layer is skipped, not a break
+    assert not falls_with_depth([3.0, 3.0, 1.0])  # a plateau is no fall
+    assert not falls_with_depth([3.0, 1.0, 2.0])
+    assert not falls_with_depth([1.0]) and not falls_with_depth([NAN, NAN])  # one layer: nothing to compare
+
+
+def test_the_layer_table_averages_seeds_and_leaves_out_layers_no_run_has():
+    last = _last([(0.0, 0, [4.0, 2.0], [0, 0]), (0.0, 1, [6.0, 4.0], [0, 0]), (0.01, 0, [2.0, 0.5], [0, 0])])
+    last["nc1_layer_3"] = NAN  # a deeper network's column, empty here
+    frame = layer_nc1_table(last)
+    assert list(frame.columns) == ["layer 1", "layer 2", "last / first"]
+    assert frame.loc[0.0, "layer 1"] == 5.0 and frame.loc[0.0, "layer 2"] == 3.0  # mean over the two seeds
+    assert frame.loc[0.0, "last / first"] == pytest.approx(0.6) and frame.loc[0.01, "last / first"] == 0.25
+
+
+def test_the_end_of_training_counts_runs_and_glues_the_numbers_without_weight_decay():
+    lasts = {"MNIST": _last([(0.0, 0, [4.0, 2.0], [0.3, 0.1]),
+                             (0.01, 0, [2.0, 3.0], [0.2, 0.2]),  # NC1 rises with depth
+                             (0.1, 0, [1.0, 0.1], [0.1, 0.2])])}  # the nearest centre disagrees more deeper
+    assert depth_checks(lasts) == ([True, False, True], [True, True, False])
+    text, numbers = end_of_training(lasts)
+    assert numbers == {"mnist_nc1_first_nowd": 4.0, "mnist_nc1_last_nowd": 2.0, "runs_nc1_falling": 2,
+                       "runs_total": 3}
+    assert text.startswith("In **2 of the 3** runs NC1 falls at every step from the first hidden layer to the last. ")
+    assert "builds up through the network" not in text  # said only when every run falls
+    assert "from 1–2 at the first to 0.1–3 at the last" in text
+    assert "weight decay lowers the first layer's NC1 2–4 times and changes the last layer's by a factor" in text
+    assert text.endswith("In 2 of the 3 runs the nearest class centre disagrees with the network's decision no more "
+                         "often at each layer than at the one before (bottom row).")
+    all_fall = {"MNIST": lasts["MNIST"].drop(index=1)}
+    assert "In **2 of the 2** runs" in end_of_training(all_fall)[0]
+    assert "collapse builds up through the network" in end_of_training(all_fall)[0]
+
+
+def test_a_dataset_without_weight_decay_runs_gets_no_sentence_but_its_runs_count():
+    text, numbers = end_of_training({"CIFAR-10": _last([(0.01, 0, [2.0, 1.0], [0, 0])])})
+    assert numbers == {"runs_nc1_falling": 1, "runs_total": 1} and "On CIFAR-10" not in text
+
+
+def test_the_phase_comparison_looks_only_at_the_weight_decays_that_fit():
+    last = _last([(0.0, 0, [4.0, 2.0], [0, 0]), (0.0, 1, [4.0, 2.0], [0, 0]),
+                  (0.001, 0, [2.0, 0.5], [0, 0]), (0.001, 1, [2.0, 0.3], [0, 0]),
+                  (0.01, 0, [1.0, 0.01], [0, 0]), (0.01, 1, [1.0, 0.01], [0, 0])])
+    last.loc[last["weight_decay"] == 0.01, "train_error"] = 0.5  # the smallest NC1, but it does not fit
+    text, numbers = phase_comparison({"MNIST": last})
+    assert numbers == {"mnist_phase_best_lambda": 0.001, "mnist_phase_gain_last": pytest.approx(5.0),
+                       "mnist_phase_gain_first": pytest.approx(2.0)}
+    assert "the last hidden layer's NC1 is smallest at λ = 0.001: 0.4 against 2 at λ = 0 (ratio 5)" in text
+    assert text.endswith("(ratio 2): at its best, weight decay lowers the last layer's NC1 far more than the first's.")
+    last["train_error"] = 0.5
+    assert phase_comparison({"MNIST": last}) == ("No weight decay in these sweeps fits the training set, so nothing "
+                                                 "is compared here.", {})
+
+
+def test_over_training_each_layer_falls_from_the_first_measured_epoch_to_the_last():
+    rows = []
+    for run, (first, last) in {"a": ([2.0, 8.0], [1.0, 1.0]), "b": ([3.0, 3.0], [1.0, 0.5])}.items():
+        for epoch, values in ((1, first), (5, [NAN, NAN]), (10, last)):
+            rows.append({"run_id": run, "weight_decay": 0.0, "epoch": epoch, "phase": "train",
+                         "nc1_layer_1": values[0], "nc1_layer_2": values[1]})
+    rows.append({"run_id": "a", "weight_decay": 0.0, "epoch": 10, "phase": "settled", "nc1_layer_1": 100.0,
+                 "nc1_layer_2": 100.0})  # after training: not the last training row
+    falls, deeper = nc1_falls_over_training(pd.DataFrame(rows))
+    assert falls[1].to_dict() == {"a": 2.0, "b": 3.0} and falls[2].to_dict() == {"a": 8.0, "b": 6.0}
+    assert deeper  # in both runs layer 2 falls further than layer 1
+    rows[0]["nc1_layer_1"] = 16.0  # run a: layer 1 now falls further
+    assert not nc1_falls_over_training(pd.DataFrame(rows))[1]
+
+
+def _end(wd, nc1, test_nc1, test_error=0.1, ncc_error=0.12):
+    return {"weight_decay": wd, "nc1": nc1, "test_nc1": test_nc1, "cdnv": 0.1, "test_cdnv": 0.2, "nc4": 0.01,
+            "test_nc4": 0.05, "train_error": 0.0, "test_error": test_error, "test_ncc_error": ncc_error}
+
+
+def test_held_out_compares_scales_and_glues_only_the_books_runs():
+    book = pd.DataFrame([_end(0.01, 0.1, 0.5), _end(0.0, 1.0, 2.0)])  # weight decay: a lower test NC1
+    full = pd.DataFrame([_end(0.0, 1.0, 2.0), _end(0.01, 0.2, 3.0)])  # ... and a higher one at full scale
+    rows = train_test_rows({("MNIST", "profile 'smoke'"): book, ("MNIST", "full scale"): full})
+    assert list(rows["runs"]) == ["profile 'smoke'"] * 2 + ["full scale"] * 2
+    assert list(rows["λ"]) == [0.0, 0.01, 0.0, 0.01]  # sorted by weight decay within each scale
+    assert list(rows.columns[:5]) == ["data", "runs", "λ", "NC1", "test NC1"]
+    text, numbers = held_out(rows, {"MNIST": 1000})
+    assert numbers == {"mnist_test_nc1_nowd": 2.0, "mnist_test_nc4_max": 0.05}  # not the full-scale runs'
+    assert "On MNIST (profile 'smoke') the test set's NC1 is 2–5 times its training NC1" in text
+    assert "the test NC1 with weight decay is lower than without (0.5 against 2)" in text
+    assert "the test NC1 with weight decay is higher than without (3 against 2)" in text
+    assert "within 2.0 percentage points of the network's own test error (10.0%)" in text
+    assert ("So on MNIST the direction depends on the scale: weight decay leaves the test NC1 lower on the book's "
+            "1,000-image runs and higher on the full training set") in text
+    assert text.endswith("does not, by itself, carry over to held-out images.")  # every test NC1 above its NC1
+
+
+def test_held_out_says_when_the_direction_holds_at_both_scales():
+    book = pd.DataFrame([_end(0.0, 1.0, 2.0), _end(0.01, 0.1, 0.5)])
+    full = pd.DataFrame([_end(0.0, 1.0, 0.9), _end(0.01, 0.2, 0.1)])  # a test NC1 below the training NC1
+    text, _ = held_out(train_test_rows({("CIFAR-10", "profile 'smoke'"): book, ("CIFAR-10", "full scale"): full}),
+                       {"CIFAR-10": 500})
+    assert "On CIFAR-10 the test NC1 with weight decay is lower than without at both scales." in text
+    assert "carry over to held-out images" not in text
