@@ -243,7 +243,8 @@ def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict, dpi: int = 
     """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    # never with_suffix: a rerun's stem holds dots ("weight_decays-0-0.05-1a2b3c4d"), which it would cut
+    png, pdf = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"
     copy = narrow_copy(fig) if narrow else None
     _save(fig, png, provenance, dpi, pdf)
     if copy is not None:

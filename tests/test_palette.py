@@ -169,6 +169,18 @@ def test_saved_figures_are_readable_on_a_desktop_and_a_phone_and_have_no_type3_f
         assert "Type 3" not in listed and "TrueType" in listed
 
 
+def test_a_stem_with_dots_keeps_its_whole_name(tmp_path):
+    """A rerun's stem holds a weight decay such as 0.05: its three files are named after the whole stem."""
+    fig, ax = plt.subplots()
+    ax.plot([1, 2])
+    stem = tmp_path / "figure2_mnist_smoke-rerun-weight_decays-0-0.05-7cac1811"
+    png, pdf = save_figure(fig, stem, {"figure": 2})
+    plt.close(fig)
+    ends = ("-narrow.png", ".pdf", ".png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem.name}{end}" for end in ends]
+    assert (png.name, pdf.name) == (f"{stem.name}.png", f"{stem.name}.pdf")
+
+
 def test_type3_fonts_would_be_found(tmp_path):
     fig, ax = plt.subplots()
     ax.set_title("λ = 0.01")
