@@ -49,11 +49,11 @@ from .metrics import (
     neural_collapse,
 )
 
-__all__ = ["BOUND_KEYS", "CHECK_SETTINGS", "SETTLED_COLUMNS", "WithinClassScatter", "bounds_figure",
-           "bounds_from_statistics", "bounds_summary", "bounds_table", "critical_point_report", "identity_residuals",
-           "identity_table", "output_spread_bounds", "output_spread_bounds_streaming", "random_relu_features",
-           "ridge_readout", "settled_columns", "spread_outside_means_critical_point", "symmetric_output_features",
-           "symmetric_outputs_check"]
+__all__ = ["BOUND_KEYS", "CHECK_SETTINGS", "RELIABLE_CONDITION", "SETTLED_COLUMNS", "WithinClassScatter",
+           "bounds_figure", "bounds_from_statistics", "bounds_summary", "bounds_table", "critical_point_report",
+           "identity_residuals", "identity_table", "output_spread_bounds", "output_spread_bounds_streaming",
+           "random_relu_features", "ridge_readout", "settled_columns", "spread_outside_means_critical_point",
+           "symmetric_output_features", "symmetric_outputs_check"]
 
 _F64 = torch.float64
 
@@ -67,6 +67,7 @@ BOUND_KEYS = (
     "nc3_centred_within",  # the same with R replaced by its symmetric part: only Sigma_W acts (item 6)
     "nc3_centred_asymmetry",  # the same with Sigma_W replaced by 0: only the asymmetry of R acts (item 6)
     "output_asymmetry",  # ||R - R_sym||_F / ||R||_F, R_sym = a I + b 11^T the closest symmetric form
+    "lower_condition",  # s_max/s_min of P (R^-1 - I) P on NC1's rank: what Phi's pseudo-inverse divides by
     "sigma_w_max",  # s_max(Sigma_W): the upper bound is loose by up to (1 + s_max/lambda)^2
     "sigma_w_means",  # the mean within-class variance along the span of the centred means, Tr(Pi Sigma_W)/rank(M)
     "readout_gap",  # ||W_L - W_ridge||_F / ||W_ridge||_F (0 when the readout is the ridge one)
@@ -78,7 +79,12 @@ BOUND_KEYS = (
 SETTLED_COLUMNS = {"nc1_lower": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
                    "nc3_centred": "nc3_centred_ridge", "nc3_centred_within": "nc3_centred_within",
                    "nc3_centred_asymmetry": "nc3_centred_asymmetry", "output_asymmetry": "output_asymmetry",
-                   "sigma_w_max": "sigma_w_max", "sigma_w_means": "sigma_w_means"}
+                   "sigma_w_max": "sigma_w_max", "sigma_w_means": "sigma_w_means",
+                   "lower_condition": "nc1_lower_condition"}
+# Phi's pseudo-inverse of P (R^-1 - I) P = M A M^T / C loses about condition x 2.2e-16 of relative accuracy in float64;
+# above this condition number (centred class means that nearly lose a direction) Phi is rounding, not a bound, and
+# the ordering Phi <= NC1 <= upper is not checked (the settled runs are either below 2e7 or above 4e14).
+RELIABLE_CONDITION = 1e10
 
 
 class WithinClassScatter:
@@ -207,7 +213,9 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
     sigma_f = root_f @ root_f.T
     r_inv = torch.linalg.solve(r, eye)
     # item 2: Phi = Tr(X P R^-1 Sigma_f R^-T P X^T), X = [P (R^-1 - I) P]^+ (R, X symmetric for the ridge readout)
-    t = _truncated_pinv(proj @ (r_inv - eye) @ proj, rank) @ proj @ r_inv
+    inverted = proj @ (r_inv - eye) @ proj
+    kept = torch.linalg.svdvals(inverted)[:rank]
+    t = _truncated_pinv(inverted, rank) @ proj @ r_inv
     lower = float((t @ root_f).pow(2).sum())
     # item 3: G^+ = (M M^T)^+ = V S^-2 V^T with M = V S basis^T
     v = m @ basis / singular
@@ -230,6 +238,7 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
         "sigma_w_means": float((basis.T @ sigma_w @ basis).diagonal().mean()),
         "readout_gap": float((w - ridge).norm() / ridge.norm()),
         "mean_output_skew": float((f - f.T).norm() / f.norm()) if f.norm() > 0 else math.nan,
+        "lower_condition": float(kept[0] / kept[-1]) if kept[-1] > 0 else math.inf,
     }
 
 
@@ -497,6 +506,8 @@ def bounds_table(runs) -> pd.DataFrame:
     variance sigma_means along the centred means, the outputs' NC1, and the centred NC3 (the network's, the ridge
     readout's) with its two parts.
 
+    ``reliable``: Phi's pseudo-inverse is conditioned well enough for float64 (``nc1_lower_condition`` at most
+    :data:`RELIABLE_CONDITION`; true where a run of metrics version 5 lacks the column).
     Runs measured before these columns (metrics version < 5) are left out; a run at f = 0 keeps NaNs.
     """
     rows = []
@@ -515,18 +526,23 @@ def bounds_table(runs) -> pd.DataFrame:
             "nc1_outputs": settled["nc1_outputs"], "nc3_centred": settled["nc3_centred"],
             "nc3_centred_ridge": settled["nc3_centred_ridge"], "nc3_centred_within": settled["nc3_centred_within"],
             "nc3_centred_asymmetry": settled["nc3_centred_asymmetry"],
-            "output_asymmetry": settled["output_asymmetry"]})
+            "output_asymmetry": settled["output_asymmetry"],
+            "lower_condition": settled.get("nc1_lower_condition", math.nan),
+            "reliable": not settled.get("nc1_lower_condition", 0) > RELIABLE_CONDITION})
     columns = ["data", "weight_decay", "seed", "train_error", "nc1", "nc1_lower", "nc1_upper", "share",
                "upper_ratio", "spread_ratio", "worst_factor", "means_factor", "nc1_outputs", "nc3_centred",
-               "nc3_centred_ridge", "nc3_centred_within", "nc3_centred_asymmetry", "output_asymmetry"]
+               "nc3_centred_ridge", "nc3_centred_within", "nc3_centred_asymmetry", "output_asymmetry",
+               "lower_condition", "reliable"]
     return pd.DataFrame(rows, columns=columns)
 
 
 def bounds_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset, over the runs whose NC1 is defined: how many, the share nc1_lower / NC1 (min, median, max), the
-    upper bound over NC1 (median, max), s_max(Sigma_W)/lambda and the means' factor (medians), from
-    :func:`bounds_table` rows."""
+    """Per dataset, over the runs whose NC1 is defined and whose Phi is reliable (``reliable``): how many, the
+    share nc1_lower / NC1 (min, median, max), the upper bound over NC1 (median, max), s_max(Sigma_W)/lambda and
+    the means' factor (medians), from :func:`bounds_table` rows."""
     frame = table.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
+    if "reliable" in frame:
+        frame = frame[frame["reliable"].astype(bool)]
     return frame.groupby("data").agg(
         runs=("nc1", "size"), share_min=("share", "min"), share_median=("share", "median"),
         share_max=("share", "max"), upper_ratio_median=("upper_ratio", "median"),
@@ -536,7 +552,8 @@ def bounds_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 def bounds_figure(tables: Mapping[str, pd.DataFrame], title: str = ""):
     """NC1 between its bounds against lambda (top row) and the share nc1_lower / nc1 (bottom row), one column per
-    dataset; lines are means over seeds with min-max bands, from :func:`bounds_table` rows (lambda > 0)."""
+    dataset; lines are means over seeds with min-max bands, from :func:`bounds_table` rows (lambda > 0, Phi
+    ``reliable``)."""
     import matplotlib.pyplot as plt
 
     from .plots import PAGE_FONTS, PAGE_WIDTH_IN
@@ -547,7 +564,8 @@ def bounds_figure(tables: Mapping[str, pd.DataFrame], title: str = ""):
         fig, axes = plt.subplots(2, len(tables), figsize=(PAGE_WIDTH_IN, 5.6), squeeze=False, constrained_layout=True)
         fig.ncpaper_reading_order = "columns"
         for col, (name, frame) in enumerate(tables.items()):
-            frame = frame[frame["weight_decay"] > 0]
+            reliable = frame["reliable"].astype(bool) if "reliable" in frame else True
+            frame = frame[(frame["weight_decay"] > 0) & reliable]
             top, bottom = axes[0, col], axes[1, col]
             for column, label, colour, marker in lines:
                 stats = frame.groupby("weight_decay")[column].agg(["mean", "min", "max"]).dropna()

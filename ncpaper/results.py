@@ -66,7 +66,8 @@ SCHEMA_VERSION = 2
 # 5: settled rows record NC1's bounds by the spread of the outputs and the centred NC3's two sources (ncpaper.bounds:
 #    nc1_lower, nc1_upper, nc1_outputs, nc3_centred_ridge, nc3_centred_within, nc3_centred_asymmetry,
 #    output_asymmetry, sigma_w_max, sigma_w_means).
-METRICS_VERSION = 5
+# 6: settled rows record nc1_lower_condition, the condition number of what the lower bound pseudo-inverts.
+METRICS_VERSION = 6
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.json")
 RESULT_FILES = ("metrics.csv", "model.pt")  # the files meta.json covers with their sha256

@@ -290,3 +290,32 @@ def test_the_page_summaries():
     summary = bounds.bounds_summary(table)
     assert list(summary.index) == ["mnist"] and summary.loc["mnist", "runs"] == 2
     assert summary.loc["mnist", "upper_ratio_median"] == 3.0 and summary.loc["mnist", "spread_ratio_median"] == 4.0
+
+
+def test_the_lower_bounds_condition_number_is_that_of_what_it_pseudo_inverts():
+    """nc1_lower_condition = s_max/s_min of P (R^-1 - I) P = M A M^T / C on its C - 1 directions; class means that
+    nearly lose a direction push it past RELIABLE_CONDITION, and such a run is left out of the page's shares."""
+    c, lam = 4, 0.05
+    h, y = bounds.random_relu_features(c, 30, 12, seed=3)
+    d = direct(h, y, lam)
+    values = np.linalg.eigvalsh(d.m @ d.a @ d.m.T / c)[1:]  # the zero eigenvalue of the all-ones direction dropped
+    got = bounds.output_spread_bounds(h, y, lam)
+    assert got["lower_condition"] == pytest.approx(values.max() / values.min(), rel=1e-8)
+    assert got["lower_condition"] < bounds.RELIABLE_CONDITION
+    # move class 3's features so that its mean lies within 1e-9 of the plane of the other three means
+    means = torch.stack([h[y == k].mean(0) for k in range(c)])
+    target = (means[0] + means[1] + means[2]) / 3 + 0.5 * (means[1] - means[0]) + 1e-9 * torch.ones(h.shape[1])
+    flat = h.clone()
+    flat[y == 3] += target - means[3]
+    degenerate = bounds.output_spread_bounds(flat, y, lam)
+    assert degenerate["lower_condition"] > bounds.RELIABLE_CONDITION
+
+    def run(values):
+        settled = pd.Series({"train_error": 0.5, "nc1": values["nc1"], "nc3_centred": 0.1,
+                             **{column: values[key] for key, column in bounds.SETTLED_COLUMNS.items()}})
+        return SimpleNamespace(settled=settled, config=SimpleNamespace(weight_decay=lam, seed=0),
+                               meta={"data": {"train": {"dataset": "mnist"}}})
+
+    table = bounds.bounds_table([run(got), run(degenerate)])
+    assert table["reliable"].tolist() == [True, False]
+    assert bounds.bounds_summary(table).loc["mnist", "runs"] == 1
