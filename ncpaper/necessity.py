@@ -205,6 +205,12 @@ class NecessityPage:
                                                                             for name, a in answers.items()))
         return "; ".join(per)
 
+    def takeaway(self) -> str:
+        """The page's takeaway box: :meth:`one_line` and what it rests on, in two or three lines."""
+        epochs = int(self.after["last_epoch"].max())
+        return (f"**Is weight decay necessary?** {self.one_line()}. Measured after interpolation over "
+                f"{self.after['seed'].nunique()} seeds and {epochs:,} epochs; our rule and settings, not the paper's.")
+
     def headline(self) -> str:
         """NC1 after interpolation without weight decay against the best weight decay, per dataset, in one
         sentence (plain text, for the introduction)."""

@@ -150,3 +150,17 @@ def test_held_out_says_when_the_direction_holds_at_both_scales():
                        {"CIFAR-10": 500})
     assert "On CIFAR-10 the test NC1 with weight decay is lower than without at both scales." in text
     assert "carry over to held-out images" not in text
+
+
+def test_the_takeaway_counts_the_runs_that_collapse_layer_by_layer_and_the_test_ratio():
+    from ncpaper.pages import LayersPage
+
+    page = LayersPage("smoke", figure_runs={}, phase_runs={})
+    page.__dict__["lasts"] = {"MNIST": _last([(0.0, 0, [1.0, 0.5], [0.1, 0.0]), (0.01, 0, [0.5, 0.6], [0.1, 0.0])])}
+    page.__dict__["held_out_rows"] = pd.DataFrame({"NC1": [0.5, 0.1], "test NC1": [1.0, 0.5]})
+    assert page.headline() == ("At the end of training NC1 falls at every step from the first hidden layer to the "
+                               "last in 1 of 2 runs of Figures 1-2 (collapse builds up through the network); on "
+                               "held-out images NC1 is 2–5 times its training value, so collapse on the training "
+                               "set does not carry over by itself.")
+    page.__dict__["held_out_rows"] = pd.DataFrame({"NC1": [0.5], "test NC1": [0.25]})
+    assert page.headline().endswith("on held-out images NC1 is 0.5 times its training value.")

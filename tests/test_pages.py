@@ -147,3 +147,60 @@ def test_pilot_table_applies_our_terminal_phase_criterion():
         assert not pilots.loc[(dataset, 2048, 1e-2), "meets it"]  # lambda = 1e-2 no longer fits
         row = pilots.loc[(dataset, 2048, 3e-3)]
         assert row["train_error"] <= 0.002 and row["NC1 ratio"] >= 5 and row["NC3 ratio"] >= 5
+
+
+class _Run:
+    """What a page reads of a run for its takeaway: the data source and the epochs."""
+
+    def __init__(self, source="MNIST (torchvision files)", epochs=200):
+        self.meta = {"data_source": source, "num_classes": 10}
+        self.config = type("Config", (), {"epochs": epochs, "n_per_class": 50})()
+
+
+def _figure_page(rows, seeds=1):
+    """A FigurePage whose last-epoch means are ``rows``: lambda -> (training error, NC1, NC3)."""
+    from ncpaper.pages import FigurePage
+
+    page = FigurePage("smoke", "mnist", 2, runs=[_Run()])
+    last = pd.DataFrame([{"weight_decay": w, "train_error": e, "nc1": a, "nc3": b} for w, (e, a, b) in rows.items()])
+    page.__dict__["last"] = last.set_index("weight_decay")
+    page.__dict__["table"] = pd.DataFrame([{"weight_decay": w, "seed": s, "nc3": 0.0} for w in rows
+                                           for s in range(seeds)])
+    return page
+
+
+def test_the_figure_takeaway_names_each_group_of_lambdas_with_its_ratios():
+    page = _figure_page({0.0: (0.0, 1.0, 2.0), 0.01: (0.0, 0.1, 0.2), 0.02: (0.001, 0.05, 0.25),
+                         0.03: (0.0, 0.5, 1.0), 0.1: (0.2, 0.01, 0.01)})
+    text = page.headline()
+    assert text == ("MNIST (torchvision files), 200 epochs, one seed: at λ = 0.01, 0.02 the network fits its "
+                    "training set and NC1 ends 10-20, NC3 8-10 times lower than without weight decay; at λ = 0.03 "
+                    "it fits but collapses less; from λ = 0.1 on it no longer fits (training error over 0.2%). Our "
+                    "settings and thresholds, not the paper's.")
+    assert "means over 3 seeds" in _figure_page({0.0: (0.0, 1.0, 1.0), 0.01: (0.0, 0.5, 0.5)}, seeds=3).headline()
+    assert "no λ fits the training set with NC1 and NC3 5 times lower than without weight decay" in \
+        _figure_page({0.0: (0.0, 1.0, 1.0), 0.01: (0.0, 0.5, 0.5)}).headline()
+
+
+def test_the_takeaway_box_is_the_admonition_every_page_opens_with():
+    from ncpaper.pages import takeaway_box
+
+    box = takeaway_box("It holds.")
+    assert box.splitlines() == ["```{admonition} Takeaway", ":class: tip nc-takeaway", "It holds.", "```"]
+
+
+def test_the_phase_takeaway_gives_both_edges_and_the_lambdas_between():
+    from ncpaper.pages import PhasePage
+
+    rows = [(0.0, 1.0, 0.0), (1e-4, 0.5, 0.0), (1e-3, 0.05, 0.0), (1e-2, 0.01, 0.0), (1e-1, 0.001, 0.5)]
+    last = pd.DataFrame([{"weight_decay": w, "seed": s, "nc1": a, "train_error": e} for w, a, e in rows
+                         for s in (0, 1)])
+    page = PhasePage("smoke", "mnist", [_Run(epochs=150)])
+    page.__dict__["last"] = last
+    assert page.headline() == ("MNIST (torchvision files), 5 weight decays x 2 seeds, 150 epochs: NC1 falls below a "
+                               "tenth of its value without weight decay (1) from λ = 0.001, and the network stops "
+                               "fitting its training set from λ = 0.1: only λ = 0.001, 0.01 do both. Our settings "
+                               "and thresholds, not the paper's.")
+    page = PhasePage("smoke", "mnist", [_Run(epochs=150)])
+    page.__dict__["last"] = last[last["weight_decay"] < 1e-3]
+    assert "from λ" not in page.headline() and "no λ does both" in page.headline()

@@ -13,7 +13,7 @@ from ``ncpaper.pages``.
 
 from ..citing import citation
 from .display import _HTML as _HTML  # the displayed objects' plain-text form names ncpaper.pages
-from .display import COLUMN_LABELS, glue_numbers, readable_columns, show, table, table_html
+from .display import COLUMN_LABELS, glue_numbers, readable_columns, show, table, table_html, takeaway_box
 from .display import _Markdown as _Markdown
 from .figure import FigurePage, figure_page
 from .figures import FigureFiles, code_commit, figures_dir, page_figure
@@ -32,4 +32,4 @@ __all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "LayersPage", "PhasePag
            "after_interpolation_summary", "after_interpolation_table", "bibtex_from_citation", "citation",
            "code_commit", "figure_page", "figures_dir", "full_scale_verdicts", "glue_numbers", "layers_page",
            "page_figure", "phase_page", "pilot_table", "pooling_text", "readable_columns", "reproduce_runs", "show",
-           "table", "table_html", "verdict_sentence"]
+           "table", "table_html", "takeaway_box", "verdict_sentence"]

@@ -103,6 +103,12 @@ def show(*items) -> None:
             display(_Markdown(item) if isinstance(item, str) else item)
 
 
+def takeaway_box(text: str) -> str:
+    """The page's takeaway as the MyST admonition every page opens with (class ``nc-takeaway``; at most three
+    lines on a desktop, which the book's tests check): Markdown for :func:`show`."""
+    return f"```{{admonition}} Takeaway\n:class: tip nc-takeaway\n{text}\n```"
+
+
 def glue_numbers(numbers: dict) -> None:
     """Glue a page's numbers (name -> value) for its prose and the tests, without displaying anything."""
     from myst_nb import glue

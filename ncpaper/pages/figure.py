@@ -161,6 +161,29 @@ class FigurePage:
         """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
         return None if self.missing else after_interpolation_table(self.table, self.label)
 
+    def headline(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
+        """The page's takeaway in two or three lines: which lambdas meet our criterion (fits the training set,
+        NC1 and NC3 ``factor`` times smaller than without weight decay), by how much, on how many seeds."""
+        if self.missing:
+            return (f"Not yet published: this page shows Figure {self.figure_number} at full scale once "
+                    f"`published/{self.profile}/` holds its runs (how to make them is below).")
+        judged = judge_lambdas(self.last, self.nc3_column, factor, max_train_error)
+        met, weak, unfit = criterion_groups(judged, factor)
+        runs = (f"{self.runs[0].meta['data_source']}, {self.runs[0].config.epochs} epochs, "
+                + ("one seed" if self.seeds == 1 else f"means over {self.seeds} seeds"))
+        two = "{:.2g}".format
+        if met:
+            nc1, nc3 = span([judged[w][0][0] for w in met], two), span([judged[w][0][1] for w in met], two)
+            said = (f"at λ = {lambda_list(met)} the network fits its training set and NC1 ends {nc1}, NC3 {nc3} "
+                    f"times lower than without weight decay")
+        else:
+            said = f"no λ fits the training set with NC1 and NC3 {factor:g} times lower than without weight decay"
+        if weak:
+            said += f"; at λ = {lambda_list(weak)} it fits but collapses less"
+        if unfit:
+            said += f"; from λ = {min(unfit):g} on it no longer fits (training error over {max_train_error:.1%})"
+        return f"{runs}: {said}. Our settings and thresholds, not the paper's."
+
     def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
         """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
         from ..analysis import last_rows, settled_rows, training_rows

@@ -286,6 +286,18 @@ class LayersPage:
             "Three rows of line plots, one column per dataset, against the hidden layer: NC1, CDNV and the "
             "nearest-class-centre disagreement, one line per weight decay.")
 
+    def headline(self) -> str:
+        """The page's takeaway in two or three lines: does NC1 build up through the layers, and does the
+        training set's collapse carry over to the test set (the figure runs, and the full-scale ones)?"""
+        nc1_falls, _ = depth_checks(self.lasts)
+        rows = self.held_out_rows
+        ratio = (rows["test NC1"] / rows["NC1"]).dropna()
+        held = (f"on held-out images NC1 is {value_range(ratio)} times its training value"
+                + (", so collapse on the training set does not carry over by itself" if (ratio > 1).all() else ""))
+        return (f"At the end of training NC1 falls at every step from the first hidden layer to the last in "
+                f"{sum(nc1_falls)} of {len(nc1_falls)} runs of Figures 1-2 (collapse builds up through the network); "
+                f"{held}.")
+
     def end_markdown(self) -> str:
         return end_of_training(self.lasts)[0]
 
