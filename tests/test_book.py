@@ -301,6 +301,71 @@ def test_pages_for_readers_on_desktop_and_phone(served):
     assert figure_pages and all("nc-figure" in (site / f"{n}.html").read_text() for n in figure_pages)
 
 
+TAKEAWAY_CHECKS = """() => {
+  const article = document.querySelector('article');
+  const box = article.querySelector('.admonition');
+  if (!box) return {box: false};
+  const first = Array.from(article.querySelectorAll('p, table, figure, img, .cell_output, mjx-container[display]'))
+    .find(e => !box.contains(e) && !e.contains(box) && e.getBoundingClientRect().height > 0);  // an output holds it
+  // lines of text: the rectangles' vertical centres, grouped when closer than 0.6 line heights (so that a
+  // subscript or a fraction in inline maths stays on its line)
+  const centres = [];
+  let lineHeight = 0;
+  for (const part of box.children) {
+    if (part.classList.contains('admonition-title')) continue;
+    lineHeight = Math.max(lineHeight, parseFloat(getComputedStyle(part).lineHeight) || 0);
+    const range = document.createRange();
+    range.selectNodeContents(part);
+    for (const r of range.getClientRects()) if (r.height > 0) centres.push(r.top + r.height / 2);
+  }
+  centres.sort((a, b) => a - b);
+  let lines = 0, last = -1e9;
+  for (const c of centres) if (c > last + 0.6 * lineHeight) { lines += 1; last = c; }
+  return {box: box.classList.contains('nc-takeaway'), title: box.querySelector('.admonition-title').innerText,
+          lines, before: !first || box.getBoundingClientRect().top < first.getBoundingClientRect().top};
+}"""
+
+PRINT_CHECKS = """() => {
+  const article = document.querySelector('article');
+  const right = article.getBoundingClientRect().right;
+  const outside = Array.from(article.querySelectorAll('table, img, figure, pre')).filter(e =>
+    e.getBoundingClientRect().width > 0 && e.getBoundingClientRect().right > right + 1)
+    .map(e => e.outerHTML.slice(0, 80));
+  const loose = Array.from(article.querySelectorAll('figure.nc-figure'))
+    .filter(f => getComputedStyle(f).breakInside !== 'avoid').map(f => f.id);
+  return {overflow: document.documentElement.scrollWidth - innerWidth, outside, loose};
+}"""
+
+
+def test_every_page_opens_with_a_takeaway_and_prints_within_its_page(served):
+    """Every page opens with a takeaway box of at most three lines (at 1400 px) before anything else it shows; in
+    print (A4 width), no table or figure runs past the page and every figure is kept with its caption."""
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        screen = browser.new_context(viewport={"width": 1400, "height": 900})
+        paper = browser.new_context(viewport={"width": 794, "height": 1123})  # A4 at 96 px per inch
+        for page_name in PAGES:
+            page = screen.new_page()
+            page.goto(f"{url}/{page_name}.html", wait_until="networkidle")
+            page.wait_for_function("() => !window.MathJax || !MathJax.startup || MathJax.startup.promise")
+            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+            box = page.evaluate(TAKEAWAY_CHECKS)
+            assert box["box"] and box["before"] and 1 <= box["lines"] <= 3, (page_name, box)
+            page.close()
+            page = paper.new_page()
+            page.emulate_media(media="print")
+            page.goto(f"{url}/{page_name}.html", wait_until="networkidle")
+            page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+            printed = page.evaluate(PRINT_CHECKS)
+            assert printed["overflow"] <= 0 and printed["outside"] == [] and printed["loose"] == [], \
+                (page_name, printed)
+            page.close()
+        browser.close()
+
+
 def test_an_executed_notebook_shows_its_figure_and_prose_outside_the_book(built):
     """What the page's download button gives: the figure as an image output, the prose as Markdown output."""
     import nbformat

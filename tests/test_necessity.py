@@ -64,12 +64,13 @@ def test_a_floor_for_rates():
 
 
 def test_the_page_opens_with_the_answer_computed_from_the_published_runs(tmp_path):
-    """Execute notebooks/necessity.md as the book does; its first output is the answer, numbers included."""
+    """Execute notebooks/necessity.md as the book does; it opens with the answer: a takeaway box, then the numbers."""
     import jupytext
     import nbformat
     import papermill as pm
 
     from ncpaper.necessity import QUANTITIES, necessity_page
+    from ncpaper.pages import takeaway_box
 
     repo = Path(__file__).resolve().parents[1]
     staged, executed = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
@@ -80,8 +81,9 @@ def test_the_page_opens_with_the_answer_computed_from_the_published_runs(tmp_pat
                         kernel_name="python3", progress_bar=False)
     outputs = [o for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"
                for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
-    first = outputs[0]["data"]["text/markdown"]
+    box, first = (o["data"]["text/markdown"] for o in outputs[:2])
     page = necessity_page("horizon")
+    assert box == takeaway_box(page.takeaway()) and page.one_line() in box  # the page opens with its answer
     assert first == page.answer_markdown()
     for dataset in page.datasets:
         zero = page.after[(page.after["dataset"] == dataset) & (page.after["weight_decay"] == 0)
