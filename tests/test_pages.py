@@ -41,8 +41,12 @@ def test_tables_have_readable_headers_a_caption_and_a_scrolling_box():
     frame = pd.DataFrame({"weight_decay": [0.0, 0.01], "nc2_equinorm_means": [0.78750, 0.179],
                           "nc3_centred": [1.0, 0.001]})
     text = table_html(frame, "Table: a result")
-    assert text.startswith('<div class="nc-table-wrap">') and 'class="nc-table"' in text
-    assert "<caption>Table: a result</caption>" in text
+    # the caption above the scrolling box (a wide table cannot cut it off), labelling the table
+    caption, rest = text.split('<div class="nc-table-wrap">')
+    assert caption.startswith('<div class="nc-table-block"><p class="nc-table-caption" id="nc-caption-')
+    assert "Table: a result</p>" in caption and "<caption" not in rest
+    label = caption.split('id="')[1].split('"')[0]
+    assert f'class="nc-table" aria-labelledby="{label}"' in rest
     for label in ("NC2 equinorm, means", "NC3 (W centred)", "λ"):
         assert f">{label}</th>" in text
     assert "nc2_equinorm_means" not in text

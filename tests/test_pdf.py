@@ -59,8 +59,11 @@ def smoke_book(tmp_path_factory):
 
 
 def figure_pngs(root: Path) -> list[Path]:
-    """The figures' PNGs, not their one-column copies for phones (``<stem>-narrow.png``, for the site only)."""
-    pngs = sorted(p for p in (root / "book" / "figures").glob("*.png") if not p.name.endswith("-narrow.png"))
+    """The figures' PNGs, not those for the site only: their one-column copies for phones (``<stem>-narrow.png``)
+    and the landing page's key figure (``necessity_key_<profile>.png``: the same runs as the necessity page's
+    figure, which the PDF prints)."""
+    pngs = sorted(p for p in (root / "book" / "figures").glob("*.png")
+                  if not p.name.endswith("-narrow.png") and not p.name.startswith("necessity_key_"))
     assert len(pngs) >= 8, pngs  # Figures 1-2, two phase diagrams (+ per layer), the layers page's four
     return pngs
 
@@ -206,6 +209,12 @@ def test_html_tables_and_figures_become_printable_nodes():
     assert table.next_node(nodes.title).astext() == "runs of $\\lambda$"
     assert [e.astext() for e in table.findall(nodes.entry)] == ["λ", "NC1 within-class", "0.01", "1e-3", "all"]
     assert table.next_node(nodes.tgroup)["cols"] == 2 and table.next_node(nodes.literal).astext() == "1e-3"
+    import pandas as pd
+
+    from ncpaper.pages import table_html
+
+    [box] = ext.table_nodes(table_html(pd.DataFrame({"nc1": [0.5]}), "Table: the runs"))  # caption above the box
+    assert box.next_node(nodes.title).astext() == "the runs" and box.next_node(nodes.entry).astext() == "NC1"
     figure = ('<figure class="nc-figure" id="f"><a href="x.png"><img src="data:"></a><figcaption><p>'
               '<strong>Figure 1.</strong> NC1 at <span class="math notranslate nohighlight">\\(\\lambda=0\\)</span>'
               ' <a class="headerlink" href="#f">#</a></p><p class="nc-downloads">Download: <a href="x.png">PNG</a>'

@@ -116,7 +116,8 @@ def _rows(cells_per_row: list[list[Tag]], width: int) -> list[nodes.row]:
 
 
 def table_nodes(html: str) -> list[nodes.Node]:
-    """Every HTML table in ``html`` as a docutils table (caption as title, header rows, body rows)."""
+    """Every HTML table in ``html`` as a docutils table (caption as title, header rows, body rows). The caption is
+    the table's ``<caption>`` or, for ``ncpaper.pages`` tables, the ``nc-table-caption`` paragraph above it."""
     soup = BeautifulSoup(html, "html.parser")
     out: list[nodes.Node] = []
     for table in soup.find_all("table"):
@@ -138,8 +139,10 @@ def table_nodes(html: str) -> list[nodes.Node]:
                         lengths[column] = max(lengths[column], min(size(cell.get_text(" ", strip=True)), 24))
                     column += span
         node = nodes.table(classes=["longtable", "colwidths-given"])
-        if table.caption and table.caption.get_text(strip=True):
-            title = _inline(table.caption)
+        block = table.find_parent(class_="nc-table-block")  # ncpaper.pages: the caption above the scrolling box
+        caption = block.find("p", class_="nc-table-caption") if block else table.caption
+        if caption and caption.get_text(strip=True):
+            title = _inline(caption)
             if title and isinstance(title[0], nodes.Text) and title[0].startswith("Table: "):
                 title[0] = nodes.Text(title[0][len("Table: "):])  # LaTeX says "Table 5.1:" itself
             node.append(nodes.title("", "", *title))

@@ -8,6 +8,7 @@ unless the page says otherwise. ``_HTML`` and ``_Markdown`` are the displayed ob
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import numbers
 import re
@@ -46,21 +47,23 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
                index: bool = False) -> str:
     """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide.
 
-    Floats show ``precision`` significant digits unless ``formats`` (column -> format string or function)
-    says otherwise; missing values show as a dash."""
+    The caption is a paragraph above the scrolling box (``nc-table-caption``, which labels the table through
+    ``aria-labelledby``), so that a wide table never cuts it off. Floats show ``precision`` significant digits
+    unless ``formats`` (column -> format string or function) says otherwise; missing values show as a dash."""
     shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
     if index:
         shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
     formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
     default = _significant(precision)
-    styler = shown.style.format({column: formats.get(column, default) for column in shown.columns},
-                                na_rep="–").set_caption(html.escape(caption))
-    styler = styler.set_table_attributes('class="nc-table"')
+    label = "nc-caption-" + hashlib.sha256(caption.encode()).hexdigest()[:10]  # unique on a page: one caption each
+    styler = shown.style.format({column: formats.get(column, default) for column in shown.columns}, na_rep="–")
+    styler = styler.set_table_attributes(f'class="nc-table" aria-labelledby="{label}"')
     if not index:
         styler = styler.hide(axis="index")
     else:
         styler = styler.format_index("{:g}" if pd.api.types.is_float_dtype(shown.index) else "{}")
-    return f'<div class="nc-table-wrap">{styler.to_html()}</div>'
+    return (f'<div class="nc-table-block"><p class="nc-table-caption" id="{label}">{html.escape(caption)}</p>'
+            f'<div class="nc-table-wrap">{styler.to_html()}</div></div>')
 
 
 def table(frame: pd.DataFrame, caption: str, **options) -> _HTML:
