@@ -307,6 +307,26 @@ class NecessityPage:
             "the centred NC3 and the training loss against epoch, one line per weight decay including none.")
 
     @cached_property
+    def key_files(self):
+        """The book's key figure, shown on its first page: NC1 and centred NC3 against epoch on the main
+        schedule, lambda = 0 against lambda > 0, one row per dataset."""
+        from .pages import page_figure
+
+        schedule = self.main_schedule
+        fig = figure_horizon(self.table, self.after, ("nc1", "nc3_centred"), title="", row_labels={
+            (d, schedule): DATASET_NAMES.get(d, d) for d in self.datasets})
+        return page_figure(
+            fig, f"necessity_key_{self.profile}", self.runs, self.profile, figure_id="key figure",
+            what="Is weight decay necessary? (key figure)", notebook="necessity.md", params=f"profile='{self.profile}'",
+            caption=f"**Is weight decay necessary?** NC1 and centred NC3 against epoch (log-log) with a "
+                    f"{SCHEDULES[schedule]}, one row per dataset; lines: mean over {self.after['seed'].nunique()} "
+                    f"seeds, bands: min-max, ringed dots: the median t* (from there on training error is at most "
+                    f"{TERMINAL_TRAIN_ERROR:.1%}); black: no weight decay. Our rule's answer: {self.one_line()}. "
+                    f"The runs and every number are on the page \"Is weight decay necessary?\".",
+            alt="Four log-log line plots: NC1 and the centred NC3 against epoch, for MNIST and CIFAR-10, one line "
+                "per weight decay including none.", root=self.root)
+
+    @cached_property
     def moving_files(self):
         """The full-batch gradient norm and sum_l ||W_l||^2 against epoch: has lambda = 0 stopped moving?"""
         return self._figure_files(
@@ -343,6 +363,7 @@ class NecessityPage:
         from myst_nb import glue
 
         glue("necessity_one_line", self.one_line(), display=False)
+        glue("necessity_key_figure", self.key_files.html(figures="figures"), display=False)  # for book/intro.md
         glue("necessity_headline", self.headline(), display=False)
         c = self.runs[0].config
         images = c.n_per_class * self.runs[0].meta["num_classes"]

@@ -214,6 +214,14 @@ def test_pages_in_headless_chromium(served):
             if page_name != "book/intro":
                 for tex in ("$", "\\frac", "\\lambda", "\\lVert"):
                     assert tex not in prose, f"raw TeX {tex!r} on {page_name}"
+            if page_name == "book/intro":  # the landing page opens with its answer, then the key figure
+                assert page.evaluate(
+                    "() => { const box = document.querySelector('article .nc-takeaway'); "
+                    "const key = document.querySelectorAll('article figure.nc-figure'); "
+                    "const first = document.querySelector('article .nc-takeaway ~ p'); "
+                    "return key.length === 1 && key[0].id === 'necessity-key-horizon' && "
+                    "!!(box.compareDocumentPosition(key[0]) & Node.DOCUMENT_POSITION_FOLLOWING) && "
+                    "!!(key[0].compareDocumentPosition(first) & Node.DOCUMENT_POSITION_FOLLOWING); }"), page_name
             if page_name.endswith("figure1_cifar10"):
                 assert page.evaluate("Array.from(document.images).some(i => i.naturalWidth > 1000)")
                 assert f"{nc3:.3g}" in text

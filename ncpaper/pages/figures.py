@@ -48,10 +48,12 @@ class FigureFiles:
     def anchor(self) -> str:
         return self.stem.replace("_", "-")
 
-    def html(self) -> _HTML:
+    def html(self, figures: str = "../figures") -> _HTML:
+        """The figure block; ``figures``: the folder of the files relative to the page that shows it (an executed
+        page is in book/executed/; the introduction, book/intro.md, uses "figures")."""
         png = self.png.read_bytes()
         src = "data:image/png;base64," + base64.b64encode(png).decode()
-        href = f"../figures/{self.stem}"
+        href = f"{figures}/{self.stem}"
         text = (f'<figure class="nc-figure" id="{self.anchor}">'
                 f'<a href="{href}.png" title="the full-size PNG"><img src="{src}" alt="{html.escape(self.alt)}"></a>'
                 f'<figcaption><p>{inline_html(self.caption)} <a class="headerlink" href="#{self.anchor}" '
