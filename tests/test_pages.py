@@ -53,6 +53,23 @@ def test_tables_have_readable_headers_a_caption_and_a_scrolling_box():
     assert readable_columns(["nc1", "unknown_column"]) == ["NC1", "unknown_column"]
 
 
+def test_a_wide_table_is_split_into_parts_that_repeat_what_a_row_is():
+    from ncpaper.pages.display import column_parts, identifying_columns
+
+    frame = pd.DataFrame({"dataset": ["MNIST", "CIFAR-10"], "weight_decay": [0.0, 0.01],
+                          **{f"q{k}": [0.5, 0.25] for k in range(12)}})
+    assert identifying_columns(frame) == ["dataset", "weight_decay"]
+    parts = column_parts(frame)
+    assert len(parts) == 2 and all(p[:2] == ["dataset", "weight_decay"] and len(p) <= 8 for p in parts)
+    assert [c for p in parts for c in p[2:]] == [f"q{k}" for k in range(12)]  # every column once, in order
+    text = table_html(frame, "Table: wide")
+    assert text.count("<table") == 2 and "Table: wide (part 1 of 2)" in text and "Table: wide (part 2 of 2)" in text
+    assert column_parts(frame.iloc[:, :8]) == [list(frame.columns[:8])]  # a table that fits stays whole
+    indexed = frame.set_index("weight_decay").drop(columns="dataset")
+    assert all(len(p) <= 7 for p in column_parts(indexed, index=True))  # the index is the eighth column
+    assert table_html(indexed, "Table: t", index=True).count(">λ</th>") == 2  # the index heads every part
+
+
 def test_verdict_is_labelled_ours_and_gives_one_clause_per_lambda():
     last = pd.DataFrame({"nc1": [1.0, 0.1, 0.5, 0.01, 0.01], "nc3": [1.0, 0.1, 0.1, 0.5, 0.01],
                          "train_error": [0.0, 0.002, 0.0, 0.0, 0.0021]}, index=[0.0, 0.001, 0.002, 0.005, 0.01])

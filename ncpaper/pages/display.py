@@ -43,13 +43,52 @@ def _significant(digits: int):
     return shown
 
 
+# A table with more columns than this is split into parts of at most this many (about what a desktop page shows
+# without scrolling), each part repeating the columns that say what a row is
+MAX_COLUMNS = 8
+IDENTIFYING = {"weight_decay", "λ", "seed", "epoch", "data", "dataset", "schedule", "quantity", "runs", "run",
+               "profile", "figure", "layer"}
+
+
+def identifying_columns(frame: pd.DataFrame, most: int = 3) -> list:
+    """The leading columns that say what a row is: text columns, or λ, seed, epoch and the like (at most ``most``)."""
+    found = []
+    for column in list(frame.columns)[:most]:
+        if column in IDENTIFYING or not pd.api.types.is_float_dtype(frame[column]):
+            found.append(column)
+        else:
+            break
+    return found
+
+
+def column_parts(frame: pd.DataFrame, index: bool = False, max_columns: int = MAX_COLUMNS) -> list[list]:
+    """``frame``'s columns in parts of at most ``max_columns`` shown columns (the index counts as one), each part
+    led by :func:`identifying_columns`; one part when the table fits."""
+    shown = len(frame.columns) + (1 if index else 0)
+    if shown <= max_columns:
+        return [list(frame.columns)]
+    lead = [] if index else identifying_columns(frame)
+    rest = [c for c in frame.columns if c not in lead]
+    room = max(max_columns - len(lead) - (1 if index else 0), 3)
+    count = -(-len(rest) // room)
+    size = -(-len(rest) // count)  # parts of even size
+    return [lead + rest[k:k + size] for k in range(0, len(rest), size)]
+
+
 def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 4,
-               index: bool = False) -> str:
+               index: bool = False, max_columns: int = MAX_COLUMNS) -> str:
     """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide.
 
     The caption is a paragraph above the scrolling box (``nc-table-caption``, which labels the table through
-    ``aria-labelledby``), so that a wide table never cuts it off. Floats show ``precision`` significant digits
-    unless ``formats`` (column -> format string or function) says otherwise; missing values show as a dash."""
+    ``aria-labelledby``), so that a wide table never cuts it off. A table of more than ``max_columns`` columns is
+    split into parts (:func:`column_parts`), each with the caption and "part k of n". Floats show ``precision``
+    significant digits unless ``formats`` (column -> format string or function) says otherwise; missing values
+    show as a dash."""
+    parts = column_parts(frame, index, max_columns)
+    if len(parts) > 1:
+        return "".join(table_html(frame[columns], f"{caption} (part {k} of {len(parts)})", formats, precision,
+                                  index, max_columns=len(columns) + (1 if index else 0))
+                       for k, columns in enumerate(parts, start=1))
     shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
     if index:
         shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
