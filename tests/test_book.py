@@ -434,19 +434,21 @@ def test_a_downloaded_notebook_runs_with_the_parameters_set_in_its_visible_cell(
     finally:  # the rerun's figures are not the book's: leave the built book as it was for the other tests
         for path in set(figures.iterdir()) - before:
             path.unlink()
-    values, texts = {}, []
+    values, blocks = {}, []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             if name:
                 data = {"/".join(k.split("/")[-2:]): v for k, v in output.get("data", {}).items()}
                 values[name] = data.get("text/plain")
-            texts.append(str(output.get("data", {}).get("text/markdown", "")) + str(output.get("text", "")))
+            blocks.append(str(output.get("data", {}).get("text/html", "")))
     assert number(values["wd1"]) == 0.05 and "wd2" not in values  # the book's page has 0.01 and 0.05
     # its figure is named after the changed parameters (never the page's file) and its cite line says so, first
     assert written and all(n.startswith("figure2_mnist_smoke-rerun-weight_decays-0-0.05-") for n in written), written
-    assert any(t.lstrip().startswith("**Not the book's figure:**") and "weight_decays=[0, 0.05]" in t
-               for t in texts), [t[:120] for t in texts if "cite" in t.lower()]
+    cite = ('<p class="nc-cite"><strong>How to cite this figure:</strong> <strong>Not the book\'s figure:</strong> '
+            'made by a rerun with ')  # the figure block's cite line, which the page shows under the figure
+    assert any(cite in b and "weight_decays=[0, 0.05]" in b for b in blocks), \
+        [b[:200] for b in blocks if "nc-cite" in b]
 
 
 def test_every_figure_pdf_has_truetype_fonts_only(built):
