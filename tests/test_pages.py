@@ -65,6 +65,8 @@ def test_a_wide_table_is_split_into_parts_that_repeat_what_a_row_is():
     text = table_html(frame, "Table: wide")
     assert text.count("<table") == 2 and "Table: wide (part 1 of 2)" in text and "Table: wide (part 2 of 2)" in text
     assert column_parts(frame.iloc[:, :8]) == [list(frame.columns[:8])]  # a table that fits stays whole
+    text = table_html(pd.DataFrame({"why": ["the gap is 360x and it has stopped falling"], "nc1": [0.5]}), "T")
+    assert text.count("white-space: normal") == 1  # the text column wraps, the number does not
     indexed = frame.set_index("weight_decay").drop(columns="dataset")
     assert all(len(p) <= 7 for p in column_parts(indexed, index=True))  # the index is the eighth column
     assert table_html(indexed, "Table: t", index=True).count(">λ</th>") == 2  # the index heads every part
