@@ -46,7 +46,7 @@ def _significant(digits: int):
 # A table with more columns than this is split into parts of at most this many (about what a desktop page shows
 # without scrolling), each part repeating the columns that say what a row is
 MAX_COLUMNS = 8
-LONG_CELL = 24  # a column with a longer cell holds text, which wraps inside its cell
+LONG_CELL = 16  # a column with a longer cell holds text or ranges, which wrap inside their cells
 IDENTIFYING = {"weight_decay", "λ", "seed", "epoch", "data", "dataset", "schedule", "quantity", "runs", "run",
                "profile", "figure", "layer"}
 
@@ -100,7 +100,7 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
     styler = styler.set_table_attributes(f'class="nc-table" aria-labelledby="{label}"')
     prose = [c for c in shown.columns if shown[c].astype(str).str.len().max() > LONG_CELL]  # cells that are text
     if prose:  # these wrap; numbers and short labels stay on one line (the stylesheet's default)
-        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "14em"})
+        styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "8em"})
     if not index:
         styler = styler.hide(axis="index")
     else:
