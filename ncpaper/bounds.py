@@ -155,10 +155,11 @@ def ridge_readout(class_means: torch.Tensor, sigma_w: torch.Tensor, weight_decay
     return torch.cholesky_solve(u / c, torch.linalg.cholesky(gram)).T
 
 
-def _truncated_pinv(matrix: torch.Tensor, rank: int) -> torch.Tensor:
-    """The pseudo-inverse keeping the ``rank`` largest singular values (the rest are the null space's rounding)."""
+def _truncated_pinv(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pseudo-inverse keeping the ``rank`` largest singular values (the rest are the null space's rounding),
+    and those singular values, largest first (their ratio is the condition number the inverse divides by)."""
     u, s, vh = torch.linalg.svd(matrix)
-    return vh[:rank].T @ torch.diag(1 / s[:rank]) @ u[:, :rank].T
+    return vh[:rank].T @ torch.diag(1 / s[:rank]) @ u[:, :rank].T, s[:rank]
 
 
 def _nc1(sigma: torch.Tensor, centred_means: torch.Tensor) -> float:
@@ -213,9 +214,8 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
     sigma_f = root_f @ root_f.T
     r_inv = torch.linalg.solve(r, eye)
     # item 2: Phi = Tr(X P R^-1 Sigma_f R^-T P X^T), X = [P (R^-1 - I) P]^+ (R, X symmetric for the ridge readout)
-    inverted = proj @ (r_inv - eye) @ proj
-    kept = torch.linalg.svdvals(inverted)[:rank]
-    t = _truncated_pinv(inverted, rank) @ proj @ r_inv
+    inverse, kept = _truncated_pinv(proj @ (r_inv - eye) @ proj, rank)
+    t = inverse @ proj @ r_inv
     lower = float((t @ root_f).pow(2).sum())
     # item 3: G^+ = (M M^T)^+ = V S^-2 V^T with M = V S basis^T
     v = m @ basis / singular
@@ -327,7 +327,7 @@ def identity_residuals(features, labels, weight_decay: float) -> dict[str, float
     whitened = _nc1(a_half @ sigma_w @ a_half, m @ a_half)
     q = torch.linalg.pinv(m)  # M^+ (p x C)
     rank = stats.between_class_basis()[1].numel()
-    z = a @ m.T @ _truncated_pinv(m @ a @ m.T, rank)  # A M^T (M A M^T)^+
+    z = a @ m.T @ _truncated_pinv(m @ a @ m.T, rank)[0]  # A M^T (M A M^T)^+
     d = q - z
     gap = float((d.T @ (sigma_w + 2 * lam * torch.eye(len(sigma_w), dtype=_F64)) @ d).trace())
     proj = eye - 1 / c

@@ -97,21 +97,22 @@ class PhasePage:
                            notebook="phase.md", params=self._params, caption=caption, alt=alt, root=self.root)
 
     @cached_property
-    def edges(self) -> tuple[pd.DataFrame, float, float, list]:
+    def edges(self) -> tuple[pd.DataFrame, float, float, list, list]:
         """NC1 over seeds per lambda; the smallest lambda with NC1 below a tenth of lambda = 0's (onset); the
-        smallest from which the mean training error exceeds the terminal threshold (breakdown); the lambdas
-        that fit and are below the tenth (both). NaN where no lambda in the range does it."""
+        smallest from which the mean training error exceeds the terminal threshold (breakdown); the lambdas > 0
+        whose mean training error is within it (fit), and those of them below the tenth (both). NaN where no
+        lambda in the range does it."""
         from ..analysis import collapse_onset, fit_breakdown, seed_summary
 
         nc1 = seed_summary(self.last, "nc1")
         errors = seed_summary(self.last, "train_error")["mean"]
         fit = [w for w in nc1.index if w > 0 and errors[w] <= TERMINAL_TRAIN_ERROR]
         both = [w for w in fit if nc1.loc[w, "mean"] < nc1.loc[0.0, "mean"] / 10]
-        return nc1, collapse_onset(self.last, "nc1", 10), fit_breakdown(self.last), both
+        return nc1, collapse_onset(self.last, "nc1", 10), fit_breakdown(self.last), fit, both
 
     def headline(self) -> str:
         """The page's takeaway in two or three lines, from :attr:`edges`."""
-        nc1, onset, breakdown, both = self.edges
+        nc1, onset, breakdown, _, both = self.edges
         runs = (f"{self.runs[0].meta['data_source']}, {self.last['weight_decay'].nunique()} weight decays x "
                 f"{self.last['seed'].nunique()} seeds, {self.runs[0].config.epochs} epochs")
         onset_text = f"from λ = {onset:.2g}" if onset == onset else "at no λ in this range"
@@ -122,15 +123,11 @@ class PhasePage:
                 f"Our settings and thresholds, not the paper's.")
 
     def onset_markdown(self) -> str:
-        from ..analysis import seed_summary
-
-        nc1, onset, breakdown, both = self.edges
-        errors = seed_summary(self.last, "train_error")["mean"]
+        nc1, onset, breakdown, fit, both = self.edges
         dead = self.last[~self.last["nc_defined"].astype(bool)]
         onset_text = (f"**λ = {onset:.2g}** (NC1 {nc1.loc[onset, 'mean']:.3g})" if onset == onset
                       else "**no λ in this range**")
         breakdown_text = f"**λ = {breakdown:.2g}**" if breakdown == breakdown else "**no λ in this range**"
-        fit = [w for w in nc1.index if w > 0 and errors[w] <= TERMINAL_TRAIN_ERROR]
         both_text = (f"Both tests pass at λ = {lambda_list(both)} only" if both else
                      "No λ here passes both tests")
         above = [w for w in fit if nc1.loc[w, "mean"] >= nc1.loc[0.0, "mean"]]
