@@ -227,3 +227,6 @@ def test_the_phase_takeaway_gives_both_edges_and_the_lambdas_between():
     page = PhasePage("smoke", "mnist", [_Run(epochs=150)])
     page.__dict__["last"] = last[last["weight_decay"] < 1e-3]
     assert "from λ" not in page.headline() and "no λ does both" in page.headline()
+    page = PhasePage("smoke", "mnist", [_Run(epochs=150)])
+    page.__dict__["last"] = last[last["weight_decay"] != 1e-2]
+    assert "only λ = 0.001 does both" in page.headline()  # one λ: the verb agrees

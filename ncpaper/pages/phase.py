@@ -117,7 +117,8 @@ class PhasePage:
                 f"{self.last['seed'].nunique()} seeds, {self.runs[0].config.epochs} epochs")
         onset_text = f"from λ = {onset:.2g}" if onset == onset else "at no λ in this range"
         breakdown_text = f"from λ = {breakdown:.2g}" if breakdown == breakdown else "at no λ in this range"
-        both_text = (f"only λ = {lambda_list(both)} do both" if both else "no λ does both")
+        both_text = (f"only λ = {lambda_list(both)} {'does' if len(both) == 1 else 'do'} both" if both else
+                     "no λ does both")
         return (f"{runs}: NC1 falls below a tenth of its value without weight decay ({nc1.loc[0.0, 'mean']:.3g}) "
                 f"{onset_text}, and the network stops fitting its training set {breakdown_text}: {both_text}. "
                 f"Our settings and thresholds, not the paper's.")
