@@ -383,7 +383,9 @@ def test_an_executed_notebook_shows_its_figure_and_prose_outside_the_book(built)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) and "text/html" in o.get("data", {}) for o in outputs)
     markdown = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
-    assert any("At the last epoch" in m and "Our criterion" in m for m in markdown)
+    assert any("Our criterion" in m for m in markdown) and any("What to take from it" in m for m in markdown)
+    tables = [o["data"]["text/html"] for o in outputs if "nc-table" in o.get("data", {}).get("text/html", "")]
+    assert any("our criterion per weight decay" in t for t in tables)  # its numbers, in a table
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "{glue" not in prose
     assert [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])] == []

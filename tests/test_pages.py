@@ -12,6 +12,7 @@ import pytest
 from ncpaper import __version__
 from ncpaper.analysis import last_rows, settled_rows
 from ncpaper.pages import FigureFiles, bibtex_from_citation, citation, readable_columns, table_html, verdict_sentence
+from ncpaper.pages.verdicts import criterion_table
 from ncpaper.plots import classifier_column, figure_nc, save_figure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,8 +80,14 @@ def test_verdict_is_labelled_ours_and_gives_one_clause_per_lambda():
     assert text.startswith("**Our criterion** (ours, not the paper's): in the terminal phase (training error at "
                            "most 0.2%)")
     assert "Yes at λ = 0.001." in text  # 0.2% training error is still the terminal phase
-    assert "λ = 0.002 (NC1 0.5 against 1" in text and "λ = 0.005 (NC1 0.01 against 1, NC3 0.5" in text
-    assert "λ = 0.01 (training error 0.21%, over 0.2%; NC1 0.01" in text  # 100x collapse, but no fit
+    assert "**No** at λ = 0.002, 0.005 (they fit but collapse less than 5-fold) and at λ = 0.01 (training error " \
+           "over 0.2%)." in text  # 100x collapse at 0.01, but no fit
+    frame = criterion_table(last, "nc3")
+    assert list(frame["λ"]) == [0.0, 0.001, 0.002, 0.005, 0.01] and frame["our criterion"].iloc[0] == "the reference"
+    weak = "fits, collapses less than 5x"
+    assert list(frame["our criterion"].iloc[1:]) == ["met", weak, weak, "does not fit (error over 0.2%)"]
+    assert list(frame["NC1, times lower"]) == pytest.approx([1, 10, 2, 100, 100])
+    assert list(frame["NC3, times lower"]) == pytest.approx([1, 10, 10, 2, 100])
     with pytest.raises(ValueError, match="no lambda = 0 runs"):
         verdict_sentence(last.drop(index=0.0), "nc3")
 
@@ -203,6 +210,30 @@ def test_the_figure_takeaway_names_each_group_of_lambdas_with_its_ratios():
     assert "means over 3 seeds" in _figure_page({0.0: (0.0, 1.0, 1.0), 0.01: (0.0, 0.5, 0.5)}, seeds=3).headline()
     assert "no λ fits the training set with NC1 and NC3 5 times lower than without weight decay" in \
         _figure_page({0.0: (0.0, 1.0, 1.0), 0.01: (0.0, 0.5, 0.5)}).headline()
+
+
+def test_the_balance_table_gives_each_runs_ratios_at_the_last_iterate_and_after_settling():
+    from ncpaper.pages import FigurePage
+
+    rows = []
+    for wd, trained, settled, gradient in ((0.0, (None, None), (None, None), None),
+                                           (0.01, (1.5, 4.0), (1.0005, 0.999), 20.0),
+                                           (0.02, (0.9, 2.0), (1.001, 1.0), 0.001)):
+        for phase, (b1, b2), epoch in (("train", (9.0, 9.0), 1), ("train", trained, 10), ("settled", settled, 10)):
+            rows.append({"run_id": f"r{wd}", "weight_decay": wd, "seed": 0, "epoch": epoch, "phase": phase,
+                         "balance_1": b1, "balance_2": b2, "settle_gradient_1": gradient if phase == "settled"
+                         else None, "settle_gradient_2": 0.0})
+    page = FigurePage("smoke", "mnist", 2, runs=[_Run()])
+    page.__dict__["table"] = pd.DataFrame(rows)
+    frame = page.balance_frame()
+    assert list(frame["λ"]) == [0.01, 0.02]  # lambda = 0 has no balance to check
+    assert list(frame["last iterate: ratios"]) == ["1.5–4", "0.9–2"]  # the last epoch's, not the first's
+    assert list(frame["settled: largest |ratio − 1|"]) == pytest.approx([0.001, 0.001])
+    assert list(frame["settled: hidden layers' gradient"]) == [20.0, 0.001]  # W_L's (layer 2) is left out
+    assert "below 0.01 in some runs and larger in others" in page.balance_markdown()
+    assert "0.10%" in page.balance_table().text and "balance per weight-decay run" in page.balance_table().text
+    page.__dict__["table"] = pd.DataFrame(rows).query("phase == 'train'")
+    assert page.balance_frame().empty and page.balance_markdown() == "" and page.balance_table() is None
 
 
 def test_the_takeaway_box_is_the_admonition_every_page_opens_with():

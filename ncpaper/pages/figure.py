@@ -11,13 +11,14 @@ import pandas as pd
 
 from .display import _HTML, table_html
 from .figures import FigureFiles, page_figure
-from .prose import commit_notes, lambda_list, percent, pooling_text, span, times_smaller
+from .prose import commit_notes, lambda_list, percent, pooling_text, span
 from .verdicts import (
     COLLAPSE_FACTOR,
     TERMINAL_TRAIN_ERROR,
     after_interpolation_markdown,
     after_interpolation_table,
     criterion_groups,
+    criterion_table,
     judge_lambdas,
     verdict_sentence,
 )
@@ -140,22 +141,34 @@ class FigurePage:
             return self.missing
         return self.files.html()
 
-    def results_markdown(self) -> str:
-        """What the figure shows at the last epoch, one sentence per lambda, then our 5x criterion."""
+    def results(self) -> list:
+        """What the page shows under its figure, in order: our criterion (a sentence and its table), what to take
+        from the figure, every measure at the last epoch, after interpolation (a sentence and its table), Lemma 2's
+        balance (a sentence and its table). The numbers sit in the tables; the sentences say what they mean."""
         if self.missing:
-            return ""
-        last, nc3 = self.last, self.nc3_column
-        zero = last.loc[0.0]
-        nc3_name = "NC3 (W centred)" if nc3.endswith("_centred") else "NC3"
-        parts = [f"**At the last epoch** ({self.runs[0].config.epochs}; {self.over_seeds}). Without weight decay "
-                 f"NC1 is {zero['nc1']:.3g} and {nc3_name} {zero[nc3]:.3g} (training error {zero['train_error']:.2%})."]
-        for wd in sorted(w for w in last.index if w > 0):
-            row = last.loc[wd]
-            parts.append(f"With $\\lambda = {wd:g}$: NC1 {row['nc1']:.3g}, "
-                         f"**{times_smaller(zero['nc1'] / row['nc1'])}**, and {nc3_name} {row[nc3]:.3g}, "
-                         f"**{times_smaller(zero[nc3] / row[nc3])}** (training error {row['train_error']:.2%}).")
-        return (" ".join(parts) + "\n\n" + verdict_sentence(last, nc3) + "\n\n" + self.takeaway() + "\n\n"
-                + after_interpolation_markdown(self.table))
+            return []
+        return [verdict_sentence(self.last, self.nc3_column), self.criterion_table(), self.takeaway(),
+                self.end_table(), after_interpolation_markdown(self.table), self.after_table(),
+                self.balance_markdown(), self.balance_table()]
+
+    def criterion_table(self):
+        """Per lambda at the last epoch: training error, NC1 and NC3 and how many times lower than without weight
+        decay, our criterion's verdict (:func:`criterion_table`), and NC1's fall over the last quarter."""
+        from ..analysis import last_rows, training_rows
+
+        frame = criterion_table(self.last, self.nc3_column)
+        train = training_rows(self.table)
+        earlier = last_rows(train[train["epoch"] <= 0.75 * self.runs[0].config.epochs])
+        if earlier["run_id"].nunique() == self.table["run_id"].nunique():
+            fall = earlier.groupby("weight_decay")["nc1"].mean() / self.last["nc1"]
+            frame.insert(len(frame.columns) - 1, "NC1 fall, last quarter", frame["λ"].map(fall))
+        caption = (f"Table: {self.label} at the last epoch ({self.runs[0].config.epochs}), {self.over_seeds}: our "
+                   f"criterion per weight decay. Times lower: the value without weight decay over the value with it; "
+                   f"NC1 fall, last quarter: NC1 at 75% of the epochs over NC1 at the end (above 1: still falling).")
+        return _HTML(table_html(frame, caption, formats={"training error": percent, "λ": "{:g}",
+                                                         "NC1, times lower": "{:.3g}", "NC1 fall, last quarter":
+                                                         "{:.3g}"} | {c: "{:.3g}" for c in frame.columns
+                                                                      if c.endswith("times lower")}))
 
     def after_table(self):
         """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
@@ -185,12 +198,12 @@ class FigurePage:
         return f"{runs}: {said}. Our settings and thresholds, not the paper's."
 
     def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
-        """One paragraph on what to take from the figure, claiming no more than the measured numbers show."""
-        from ..analysis import last_rows, settled_rows, training_rows
+        """One paragraph on what to take from the figure, claiming no more than the measured numbers show; the
+        numbers themselves are in :meth:`criterion_table` and :meth:`end_table`."""
+        from ..analysis import last_rows, training_rows
 
         last, nc3 = self.last, self.nc3_column
         zero = last.loc[0.0]
-        n_train = self.runs[0].config.n_per_class * self.runs[0].meta["num_classes"]
         judged = judge_lambdas(last, nc3, factor, max_train_error)
         ratio = {w: ratios for w, (ratios, _) in judged.items()}
         met, weak, unfit = criterion_groups(judged, factor)
@@ -200,21 +213,14 @@ class FigurePage:
                        "(3 seeds at every λ)." if self.seeds == 1 else "")
         train = training_rows(self.table)
         first_nc1 = train[train["epoch"] == train["epoch"].min()].groupby("weight_decay")["nc1"].mean()[0.0]
-        parts = [f"**What to take from it** ({seeds} per λ).{spread_note} Without weight decay the network "
-                 f"{'fits' if zero['train_error'] <= max_train_error else 'does not fit'} its training set (error "
-                 f"{percent(zero['train_error'])}), with NC1 {zero['nc1']:.3g} and NC3 {zero[nc3]:.3g} at the last "
-                 f"epoch"
-                 + (f": NC1 fell {first_nc1 / zero['nc1']:.3g}-fold from the first measured epoch ({first_nc1:.3g}) "
-                    f"without weight decay too." if first_nc1 > zero["nc1"] else
-                    f", NC1 no lower than at the first measured epoch ({first_nc1:.3g}).")]
+        fits = "fits" if zero["train_error"] <= max_train_error else "does not fit"
+        parts = [f"**What to take from it** ({seeds} per λ).{spread_note} Without weight decay the network {fits} "
+                 f"its training set, and "
+                 + (f"NC1 falls too: {first_nc1 / zero['nc1']:.2g}-fold from the first measured epoch."
+                    if first_nc1 > zero["nc1"] else "NC1 ends no lower than at the first measured epoch.")]
         if met:
-            wrong = span([last.loc[w, "train_error"] * n_train for w in met], "{:,.0f}".format)  # seed means
-            nc1s, nc3s = [ratio[w][0] for w in met], [ratio[w][1] for w in met]
-            worst = max(last.loc[w, "train_error"] for w in met)
-            fit = (f"it fits all {n_train:,} training images" if worst == 0 else
-                   f"it misclassifies {wrong} of its {n_train:,} training images (error at most {percent(worst)})")
-            parts.append(f"With λ = {lambda_list(met)} {fit} and NC1 is {span(nc1s)} and NC3 {span(nc3s)} times "
-                         f"smaller: the collapse of NC1 and NC3 with weight decay that the paper's figures show.")
+            parts.append(f"With λ = {lambda_list(met)} it fits as well and NC1 and NC3 end several times lower: the "
+                         f"collapse of NC1 and NC3 with weight decay that the paper's figures show.")
             edge = [w for w in met if min(ratio[w]) < 1.1 * factor]
             if edge:
                 parts.append(f"At λ = {lambda_list(edge)} the smaller ratio is within 10% of our {factor:g}x "
@@ -222,38 +228,76 @@ class FigurePage:
         if weak:
             parts.append(f"At λ = {lambda_list(weak)} it fits but collapses less than {factor:g}-fold.")
         if unfit:
-            errors = span([last.loc[w, "train_error"] for w in unfit], percent)
             parts.append(f"From λ = {min(unfit):g} on, more of the training set than our {max_train_error:.1%} "
-                         f"threshold stays misclassified (error {errors}), so those runs are outside the terminal "
-                         f"phase as we define it.")
+                         f"threshold stays misclassified, so those runs are outside the terminal phase as we define "
+                         f"it.")
         epochs = self.runs[0].config.epochs
         earlier = last_rows(train[train["epoch"] <= 0.75 * epochs]).groupby("weight_decay")["nc1"].mean()
-        if len(earlier) == len(last):
+        if len(earlier) == len(last) and ratio:
             fall = earlier / last["nc1"]
-            with_wd = [fall[w] for w in ratio]
-            parts.append(f"Over the last quarter of training NC1 still fell {span(with_wd)} times with weight decay "
-                         f"and {fall[0.0]:.1f} times without: the ratios are those at epoch {epochs}, not limits.")
-        if "test_error" in last.columns and last["test_error"].notna().all():
-            parts.append(f"Test error is {zero['test_error']:.1%} without weight decay and "
-                         f"{span([last.loc[w, 'test_error'] for w in ratio], '{:.1%}'.format)} with it.")
+            still = max(fall[w] for w in ratio)
+            if still > 1.5:
+                parts.append(f"NC1 was still falling over the last quarter of training with weight decay (up to "
+                             f"{still:.2g}-fold): the ratios are those at epoch {epochs}, not limits.")
+        if "test_error" in last.columns and last["test_error"].notna().all() and ratio:
+            errors = [last.loc[w, "test_error"] for w in ratio]
+            way = ("lower with every weight decay than without" if max(errors) < zero["test_error"] else
+                   "higher with every weight decay than without" if min(errors) > zero["test_error"] else
+                   "lower with some weight decays and higher with others")
+            parts.append(f"Test error (the last table) is {way}.")
+        return " ".join(parts)
+
+    def balance_frame(self) -> pd.DataFrame:
+        """Per weight-decay run: Lemma 2's balance ratios (lambda ||W_l||^2 over the fit term; 1 at a critical
+        point) at SGD's last iterate and after settling, and the hidden layers' gradient after settling. Empty when
+        the runs were not settled."""
+        from ..analysis import last_rows, settled_rows, training_rows
+
         settled = settled_rows(self.table)
         balance = [c for c in settled.columns if c.startswith("balance_")]
-        if len(settled) and balance:
-            trained = last_rows(train)
-            trained = trained[trained["weight_decay"] > 0][balance]
-            gradients = [c for c in settled.columns if c.startswith("settle_gradient_")]
-            hidden = sorted(gradients, key=lambda c: int(c.rsplit("_", 1)[1]))[:-1]  # W_L's is 0 after settling
-            still = (f" The hidden layers are not stationary there: their gradient "
-                     f"$\\lVert\\nabla_{{W_l}}J\\rVert_F / \\lVert\\lambda W_l\\rVert_F$ (0 at a critical point) "
-                     f"is {span(settled[hidden].max(axis=1).tolist())} (largest layer, per run)."
-                     if hidden and settled[hidden].notna().all().all() else "")
-            parts.append(f"Lemma 2's balance (every layer's ratio 1) holds at critical points, and SGD's last "
-                         f"iterate is not one: there the ratios reach {float(trained.max().max()):.3g}. Settling "
-                         f"after training (Lemma 2 page: the classifier solved exactly and every unit and layer "
-                         f"rescaled) stops only when every layer is within 0.1% of it, so the settled runs meet it "
-                         f"by construction (here within {float((settled[balance] - 1).abs().max().max()):.2%}); it "
-                         f"makes the objective stationary in those directions, not in every direction.{still}")
-        return " ".join(parts)
+        if settled.empty or not balance:
+            return pd.DataFrame()
+        trained = last_rows(training_rows(self.table)).set_index("run_id")
+        rows = []
+        for _, run in settled[settled["weight_decay"] > 0].iterrows():
+            last = trained.loc[run["run_id"], balance].astype(float)
+            row = {"λ": run["weight_decay"], "seed": int(run["seed"]),
+                   "last iterate: ratios": f"{last.min():.3g}–{last.max():.3g}",
+                   "settled: largest |ratio − 1|": float((run[balance].astype(float) - 1).abs().max())}
+            gradients = sorted((c for c in settled.columns if c.startswith("settle_gradient_")),
+                               key=lambda c: int(c.rsplit("_", 1)[1]))[:-1]  # W_L's is 0 after settling
+            if gradients and pd.notna(run[gradients]).all():
+                row["settled: hidden layers' gradient"] = float(run[gradients].astype(float).max())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def balance_markdown(self) -> str:
+        frame = self.balance_frame()
+        if frame.empty:
+            return ""
+        gradient = frame.get("settled: hidden layers' gradient")
+        still = ("" if gradient is None or gradient.isna().any() else
+                 " The hidden layers are not stationary there: their gradient "
+                 "$\\lVert\\nabla_{W_l}J\\rVert_F / \\lVert\\lambda W_l\\rVert_F$, 0 at a critical point, is "
+                 + ("far from 0 in every run (last column)." if gradient.min() > 0.01 else
+                    "below 0.01 in some runs and larger in others (last column)." if gradient.max() > 0.01 else
+                    "below 0.01 in every run (last column)."))
+        return ("**Lemma 2's balance** (every layer's ratio $\\lambda\\lVert W_l\\rVert_F^2$ over the fit term is 1) "
+                "holds at critical points, and SGD's last iterate is not one: the table gives its ratios. Settling "
+                "after training ([Lemma 2](lemma2.ipynb) page: the classifier solved exactly and every unit and layer "
+                "rescaled) stops only when every layer is within 0.1% of it, so the settled runs meet it by "
+                "construction; it makes the objective stationary in those directions, not in every direction."
+                + still)
+
+    def balance_table(self):
+        frame = self.balance_frame()
+        if frame.empty:
+            return None
+        caption = (f"Table: {self.label}, Lemma 2's balance per weight-decay run: every layer's ratio "
+                   f"λ‖W_l‖² / fit term at SGD's last iterate (smallest–largest layer), the largest distance from 1 "
+                   f"after settling, and the largest hidden layer's gradient ‖∇J‖ / ‖λW_l‖ after settling.")
+        return _HTML(table_html(frame, caption, formats={"λ": "{:g}", "settled: largest |ratio − 1|": "{:.2%}",
+                                                         "settled: hidden layers' gradient": "{:.3g}"}))
 
     def end_table(self):
         if self.missing:

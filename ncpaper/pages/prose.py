@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 
 def pooling_text(run) -> str:
     """", images averaged over 2x2 pixel blocks (16x16 inputs)" for a run on pooled images, "" otherwise."""
@@ -35,9 +33,3 @@ def span(values, shown=lambda v: f"{v:.3g}") -> str:
     3 digits, 1.4, 7.13, 43.7)."""
     lo, hi = min(values), max(values)
     return shown(lo) if shown(lo) == shown(hi) else f"{shown(lo)}-{shown(hi)}"
-
-
-def times_smaller(ratio: float) -> str:
-    if not math.isfinite(ratio):
-        return "undefined"
-    return f"{ratio:.1f} times smaller" if ratio >= 1 else f"{1 / ratio:.1f} times larger"

@@ -11,7 +11,7 @@ import pandas as pd
 
 from .. import analysis as _analysis
 from .display import _HTML, table_html
-from .prose import span
+from .prose import lambda_list, span
 
 # Our criterion (not the paper's) for "Neural Collapse with weight decay" at the last epoch: the terminal phase
 # (training error at most TERMINAL_TRAIN_ERROR) and NC1 and NC3 COLLAPSE_FACTOR times below lambda = 0.
@@ -38,27 +38,44 @@ def criterion_groups(judged: dict, factor: float) -> tuple[list, list, list]:
     return met, weak, unfit
 
 
+def criterion_verdicts(judged: dict, factor: float = COLLAPSE_FACTOR,
+                       max_train_error: float = TERMINAL_TRAIN_ERROR) -> dict:
+    """lambda > 0 -> our criterion's verdict in words: "met", "fits, collapses less than 5x" or "does not fit"."""
+    met, weak, _ = criterion_groups(judged, factor)
+    return {w: "met" if w in met else f"fits, collapses less than {factor:g}x" if w in weak
+            else f"does not fit (error over {max_train_error:.1%})" for w in judged}
+
+
+def criterion_table(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
+                    max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.DataFrame:
+    """One row per lambda (lambda = 0 first, the reference): training error, NC1 and NC3 at the last epoch, how
+    many times lower they are than at lambda = 0, and our criterion's verdict (:func:`criterion_verdicts`)."""
+    judged = judge_lambdas(last_means, nc3_column, factor, max_train_error)
+    verdicts = criterion_verdicts(judged, factor, max_train_error)
+    nc3_name = "NC3 (W centred)" if nc3_column.endswith("_centred") else "NC3"
+    rows = []
+    for wd in sorted(last_means.index):
+        row = last_means.loc[wd]
+        ratios = judged[wd][0] if wd > 0 else (1.0, 1.0)
+        rows.append({"λ": wd, "training error": row["train_error"], "NC1": row["nc1"], "NC1, times lower": ratios[0],
+                     nc3_name: row[nc3_column], f"{nc3_name}, times lower": ratios[1],
+                     "our criterion": verdicts.get(wd, "the reference")})
+    return pd.DataFrame(rows)
+
+
 def verdict_sentence(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
                      max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
     """Our criterion (not the paper's): in the terminal phase (training error at most ``max_train_error``)
-    with NC1 and NC3 at the last epoch ``factor`` times smaller than without weight decay? One clause per
-    lambda > 0, with the numbers."""
-    judged = judge_lambdas(last_means, nc3_column, factor, max_train_error)
-    zero = last_means.loc[0.0]
-    met, missed = [], []
-    for wd, (ratios, fits) in judged.items():
-        row = last_means.loc[wd]
-        if min(ratios) >= factor and fits:
-            met.append(f"λ = {wd:g}")
-        else:
-            why = "" if fits else f"training error {row['train_error']:.2%}, over {max_train_error:.1%}; "
-            missed.append(f"λ = {wd:g} ({why}NC1 {row['nc1']:.3g} against {zero['nc1']:.3g}, NC3 "
-                          f"{row[nc3_column]:.3g} against {zero[nc3_column]:.3g}"
-                          + (f"; training error {row['train_error']:.2%})" if fits else ")"))
+    with NC1 and NC3 at the last epoch ``factor`` times smaller than without weight decay? Which lambdas meet it
+    and why the others do not; the numbers are in :func:`criterion_table`."""
+    met, weak, unfit = criterion_groups(judge_lambdas(last_means, nc3_column, factor, max_train_error), factor)
+    missed = ([f"λ = {lambda_list(weak)} (they fit but collapse less than {factor:g}-fold)"] if weak else []) + \
+        ([f"λ = {lambda_list(unfit)} (training error over {max_train_error:.1%})"] if unfit else [])
     return (f"**Our criterion** (ours, not the paper's): in the terminal phase (training error at most "
             f"{max_train_error:.1%}) with NC1 and NC3 at the last epoch at least {factor:g} times smaller than "
-            f"without weight decay? " + (f"Yes at {' and '.join(met)}. " if met else "")
-            + (f"**No** at {'; '.join(missed)}." if missed else ""))
+            f"without weight decay? " + (f"Yes at λ = {lambda_list(met)}. " if met else "")
+            + (f"**No** at {' and at '.join(missed)}. " if missed else "")
+            + "The table below gives the numbers.")
 
 
 def after_interpolation_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -101,8 +118,9 @@ def after_interpolation_markdown(table: pd.DataFrame) -> str:
                 f"error at most {TERMINAL_TRAIN_ERROR:.1%}) on every seed, so nothing is measured after t*.")
     falls = positive.groupby("weight_decay")["nc1_fall"].mean().dropna()
     with_wd = (f"; with weight decay it fell {span(falls.tolist())}-fold after its own t*" if len(falls) else "")
-    return (f"**After interpolation.** Without weight decay the network fits its training set from epoch "
-            f"t* = {spread(zero['t_star'])} on, and from there NC1 went from {spread(zero['nc1_at_t_star'])} to "
-            f"{spread(zero['nc1_end'])}, a {spread(zero['nc1_fall'])}-fold fall (late slope "
-            f"{spread(zero['nc1_slope'], 2)}){with_wd}. [Is weight decay necessary?](necessity.ipynb) follows this "
-            f"for twenty times longer.")
+    return (f"**After interpolation** (the table below). Without weight decay the network fits its training set from "
+            f"t* = {spread(zero['t_star'])} on and NC1 "
+            + (f"still fell {spread(zero['nc1_fall'])}-fold after it" if zero["nc1_fall"].mean() >= 1 else
+               "did not fall after it")
+            + f"{with_wd}. "
+            f"[Is weight decay necessary?](necessity.ipynb) follows this for twenty times longer.")
