@@ -10,13 +10,17 @@ from ncpaper.pages.layers import (
     end_of_training,
     falls_with_depth,
     held_out,
+    held_out_summary,
     layer_nc1_table,
     nc1_falls_over_training,
     number,
+    phase_best,
+    phase_best_table,
     phase_comparison,
+    times_lower,
     train_test_rows,
     value_range,
-    weight_decay_effect,
+    weight_decay_direction,
 )
 
 NAN = float("nan")
@@ -42,11 +46,14 @@ def test_numbers_and_ranges_read_as_a_reader_reads_them():
 
 
 def test_the_effect_of_weight_decay_is_named_by_the_direction_of_every_ratio():
-    assert weight_decay_effect([2.0, 4.0], "NC1") == "lowers NC1 2–4 times"
-    assert weight_decay_effect([0.5, 0.25], "NC1") == "raises NC1 2–4 times"  # inverted: how many times larger
-    mixed = weight_decay_effect([0.5, 2.0, NAN], "NC1")
-    assert mixed == "changes NC1 by a factor 0.5–2 (value without over value with)"
-    assert weight_decay_effect([NAN], "NC1").endswith("factor undefined (value without over value with)")
+    assert weight_decay_direction([2.0, 4.0]) == "lower than without"
+    assert weight_decay_direction([0.5, 0.25]) == "higher than without"
+    assert weight_decay_direction([0.5, 2.0, NAN]) == "lower at some λ and higher at others"
+    assert weight_decay_direction([0.95, 1.08]) == "within 10% of its value without"  # both ways, but within 10%
+    assert weight_decay_direction([1 / 1.1, 1.1]) == "within 10% of its value without"  # 10% either way is within
+    assert weight_decay_direction([1.2, 1.05]) == "lower than without" and weight_decay_direction([NAN]) == "undefined"
+    assert times_lower(5.0) == "5 times lower" and times_lower(0.5) == "2 times higher"
+    assert times_lower(0.97) == "within 10% of its value without"
 
 
 def test_falls_with_depth_needs_a_fall_at_every_step_between_finite_values():
@@ -76,8 +83,9 @@ def test_the_end_of_training_counts_runs_and_glues_the_numbers_without_weight_de
                        "runs_total": 3}
     assert text.startswith("In **2 of the 3** runs NC1 falls at every step from the first hidden layer to the last. ")
     assert "builds up through the network" not in text  # said only when every run falls
-    assert "from 1–2 at the first to 0.1–3 at the last" in text
-    assert "weight decay lowers the first layer's NC1 2–4 times and changes the last layer's by a factor" in text
+    assert "On MNIST, with weight decay (λ = 0.01, 0.1) the first hidden layer's NC1 is lower than without, and the " \
+           "last one's lower at some λ and higher at others. The table below gives every layer's NC1." in text
+    assert "0.1" not in text.replace("λ = 0.01, 0.1", "")  # the numbers are in the table, not the prose
     assert text.endswith("In 2 of the 3 runs the nearest class centre disagrees with the network's decision no more "
                          "often at each layer than at the one before (bottom row).")
     all_fall = {"MNIST": lasts["MNIST"].drop(index=1)}
@@ -98,11 +106,16 @@ def test_the_phase_comparison_looks_only_at_the_weight_decays_that_fit():
     text, numbers = phase_comparison({"MNIST": last})
     assert numbers == {"mnist_phase_best_lambda": 0.001, "mnist_phase_gain_last": pytest.approx(5.0),
                        "mnist_phase_gain_first": pytest.approx(2.0)}
-    assert "the last hidden layer's NC1 is smallest at λ = 0.001: 0.4 against 2 at λ = 0 (ratio 5)" in text
-    assert text.endswith("(ratio 2): at its best, weight decay lowers the last layer's NC1 far more than the first's.")
+    assert text == ("On MNIST, among the λ > 0 that still fit the training set (mean training error at most 1%), the "
+                    "last hidden layer's NC1 is at best 5 times lower (at λ = 0.001) and the first layer's 2 times "
+                    "lower: weight decay lowers it far more at the last layer than at the first.")
+    best = phase_best({"MNIST": last}).set_index("hidden layer")
+    assert best.loc["last", "NC1 at λ = 0"] == 2.0 and best.loc["last", "NC1 there"] == pytest.approx(0.4)
+    assert list(best["λ where smallest"]) == [0.001, 0.001]  # never 0.01, which does not fit
     last["train_error"] = 0.5
     assert phase_comparison({"MNIST": last}) == ("No weight decay in these sweeps fits the training set, so nothing "
                                                  "is compared here.", {})
+    assert phase_best_table({"MNIST": last}) is None
 
 
 def test_over_training_each_layer_falls_from_the_first_measured_epoch_to_the_last():
@@ -134,13 +147,17 @@ def test_held_out_compares_scales_and_glues_only_the_books_runs():
     assert list(rows.columns[:5]) == ["data", "runs", "λ", "NC1", "test NC1"]
     text, numbers = held_out(rows, {"MNIST": 1000})
     assert numbers == {"mnist_test_nc1_nowd": 2.0, "mnist_test_nc4_max": 0.05}  # not the full-scale runs'
-    assert "On MNIST (profile 'smoke') the test set's NC1 is 2–5 times its training NC1" in text
-    assert "the test NC1 with weight decay is lower than without (0.5 against 2)" in text
-    assert "the test NC1 with weight decay is higher than without (3 against 2)" in text
-    assert "within 2.0 percentage points of the network's own test error (10.0%)" in text
-    assert ("So on MNIST the direction depends on the scale: weight decay leaves the test NC1 lower on the book's "
+    assert text.startswith("In every run the test set's NC1 is higher than the training set's")  # as every run's is
+    assert "within 2.0 percentage points of the network's own test error in every run" in text
+    assert ("On MNIST the direction depends on the scale: weight decay leaves the test NC1 lower on the book's "
             "1,000-image runs and higher on the full training set") in text
-    assert text.endswith("does not, by itself, carry over to held-out images.")  # every test NC1 above its NC1
+    summary = held_out_summary(rows).set_index("runs")
+    assert summary.loc["profile 'smoke'", "test NC1 / NC1"] == "2–5"
+    assert summary.loc["profile 'smoke'", "test NC1, λ = 0 against λ > 0"] == "2 against 0.5"
+    assert summary.loc["full scale", "test NC1, λ = 0 against λ > 0"] == "2 against 3"
+    assert list(summary["weight decay's test NC1"]) == ["lower", "higher"]
+    assert summary.loc["full scale", "nearest centre against network, test error (points)"] == "2.0"
+    assert summary.loc["full scale", "NC4"] == "1.0%" and summary.loc["full scale", "test NC4"] == "5.0%"
 
 
 def test_held_out_says_when_the_direction_holds_at_both_scales():

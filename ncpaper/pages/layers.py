@@ -36,14 +36,25 @@ def value_range(values, fmt=".2g") -> str:
     return low if low == high else f"{low}–{high}"
 
 
-def weight_decay_effect(ratios, what: str) -> str:
-    """How weight decay moves ``what``, from ratios (value without / value with): lowers, raises, or neither."""
+def weight_decay_direction(ratios, tolerance: float = 0.1) -> str:
+    """Where a quantity is with weight decay, from ratios (value without / value with), in words without numbers:
+    "within 10% of its value without" (every ratio within ``tolerance`` of 1), "lower than without", "higher than
+    without" or "lower at some λ and higher at others"."""
     ratios = [r for r in ratios if math.isfinite(r)]
-    if ratios and min(ratios) > 1:
-        return f"lowers {what} {value_range(ratios)} times"
-    if ratios and max(ratios) < 1:
-        return f"raises {what} {value_range([1 / r for r in ratios])} times"
-    return f"changes {what} by a factor {value_range(ratios)} (value without over value with)"
+    if not ratios:
+        return "undefined"
+    if all(abs(math.log(r)) <= math.log1p(tolerance) + 1e-12 for r in ratios):  # 10% either way is within
+        return f"within {tolerance:.0%} of its value without"
+    return ("lower than without" if min(ratios) > 1 else "higher than without" if max(ratios) < 1
+            else "lower at some λ and higher at others")
+
+
+def times_lower(ratio: float, tolerance: float = 0.1) -> str:
+    """A ratio (value without / value with) in words: "5 times lower", "1.3 times higher", or "within 10% of its
+    value without"."""
+    if abs(math.log(ratio)) <= math.log1p(tolerance) + 1e-12:
+        return f"within {tolerance:.0%} of its value without"
+    return f"{ratio:.2g} times lower" if ratio > 1 else f"{1 / ratio:.2g} times higher"
 
 
 def falls_with_depth(values) -> bool:
@@ -87,13 +98,10 @@ def end_of_training(lasts: dict) -> tuple[str, dict]:
             continue
         zero, positive = per_layer.loc[0.0], per_layer[per_layer.index > 0]
         first, final = per_layer.columns[0], per_layer.columns[-1]
-        first_nc1, last_nc1 = "the first layer's NC1", "the last layer's"
         sentences.append(
-            f"On {name}, without weight decay NC1 goes from {zero[first]:.3g} at the first hidden layer to "
-            f"{zero[final]:.3g} at the last; with weight decay (λ = {', '.join(f'{w:g}' for w in positive.index)}) "
-            f"from {value_range(positive[first], '.3g')} at the first to {value_range(positive[final], '.3g')} at "
-            f"the last: weight decay {weight_decay_effect(zero[first] / positive[first], first_nc1)} and "
-            f"{weight_decay_effect(zero[final] / positive[final], last_nc1)}.")
+            f"On {name}, with weight decay (λ = {', '.join(f'{w:g}' for w in positive.index)}) the first hidden "
+            f"layer's NC1 is {weight_decay_direction(zero[first] / positive[first])}, and the last one's "
+            f"{weight_decay_direction(zero[final] / positive[final])}.")
         numbers[f"{KEYS[name]}_nc1_first_nowd"] = float(zero[first])
         numbers[f"{KEYS[name]}_nc1_last_nowd"] = float(zero[final])
     numbers["runs_nc1_falling"] = sum(nc1_falls)
@@ -101,7 +109,7 @@ def end_of_training(lasts: dict) -> tuple[str, dict]:
     text = (f"In **{sum(nc1_falls)} of the {len(nc1_falls)}** runs NC1 falls at every step from the first hidden "
             f"layer to the last" + (": in these runs collapse builds up through the network rather than appearing "
                                     "at the last layer alone. " if sum(nc1_falls) == len(nc1_falls) else ". ")
-            + " ".join(sentences)
+            + " ".join(sentences) + (" The table below gives every layer's NC1." if sentences else "")
             + f" In {sum(ncc_never_rises)} of the {len(ncc_never_rises)} runs the nearest class centre disagrees "
               f"with the network's decision no more often at each layer than at the one before (bottom row).")
     return text, numbers
@@ -115,35 +123,57 @@ def end_of_training_table(lasts: dict) -> _HTML:
                  "dashes: no such layer or an undefined value.", formats={"λ": "{:g}"}, precision=4)
 
 
-def phase_comparison(phase_lasts: dict) -> tuple[str, dict]:
-    """Per dataset, among the lambda > 0 that fit (mean training error at most 1%): where the first and the last
-    hidden layer's NC1 is smallest, against lambda = 0; and those numbers for glue."""
+def phase_best(phase_lasts: dict) -> pd.DataFrame:
+    """Per dataset and hidden layer (first, last), among the lambda > 0 that fit (mean training error at most 1%):
+    the lambda where the layer's NC1 (mean over seeds) is smallest, NC1 there and at lambda = 0, and their ratio."""
     from ..plots import layer_columns
 
-    sentences, numbers = [], {}
+    rows = []
     for name, last in phase_lasts.items():
         means = last.groupby("weight_decay")[[c for _, c in layer_columns(last, "nc1")]].mean()
         fitting = last.groupby("weight_decay")["train_error"].mean() <= 0.01
         fit_means = means[fitting & (means.index > 0)].dropna()
         if 0.0 not in means.index or fit_means.empty:
             continue
-        first, final = means.columns[0], means.columns[-1]
-        best_first, best_final = fit_means[first].idxmin(), fit_means[final].idxmin()
-        gain_first = means.loc[0.0, first] / fit_means.loc[best_first, first]
-        gain_final = means.loc[0.0, final] / fit_means.loc[best_final, final]
+        for which, column in (("first", means.columns[0]), ("last", means.columns[-1])):
+            best = fit_means[column].idxmin()
+            rows.append({"data": name, "hidden layer": which, "λ where smallest": best,
+                         "NC1 at λ = 0": means.loc[0.0, column], "NC1 there": fit_means.loc[best, column],
+                         "times lower": means.loc[0.0, column] / fit_means.loc[best, column]})
+    return pd.DataFrame(rows)
+
+
+def phase_comparison(phase_lasts: dict) -> tuple[str, dict]:
+    """Per dataset, how much weight decay at its best (:func:`phase_best`) lowers the last and the first hidden
+    layer's NC1; and those numbers for glue."""
+    best = phase_best(phase_lasts)
+    if best.empty:
+        return "No weight decay in these sweeps fits the training set, so nothing is compared here.", {}
+    sentences, numbers = [], {}
+    for name, rows in best.groupby("data", sort=False):
+        first, final = (rows[rows["hidden layer"] == which].iloc[0] for which in ("first", "last"))
+        gain_first, gain_final = first["times lower"], final["times lower"]
         sentences.append(
             f"On {name}, among the λ > 0 that still fit the training set (mean training error at most 1%), the last "
-            f"hidden layer's NC1 is smallest at λ = {best_final:g}: {fit_means.loc[best_final, final]:.3g} against "
-            f"{means.loc[0.0, final]:.3g} at λ = 0 (ratio {gain_final:.2g}). The first layer's is smallest at "
-            f"λ = {best_first:g}: {fit_means.loc[best_first, first]:.3g} against {means.loc[0.0, first]:.3g} (ratio "
-            f"{gain_first:.2g})" + (": at its best, weight decay lowers the last layer's NC1 far more than the "
-                                    "first's." if gain_final > 2 * max(gain_first, 1) else "."))
-        numbers[f"{KEYS[name]}_phase_best_lambda"] = float(best_final)
+            f"hidden layer's NC1 is at best {times_lower(gain_final)} (at λ = {final['λ where smallest']:g}) and "
+            f"the first layer's {times_lower(gain_first)}"
+            + (": weight decay lowers it far more at the last layer than at the first." if gain_final > 2 * max(
+                gain_first, 1) else "."))
+        numbers[f"{KEYS[name]}_phase_best_lambda"] = float(final["λ where smallest"])
         numbers[f"{KEYS[name]}_phase_gain_last"] = float(gain_final)
         numbers[f"{KEYS[name]}_phase_gain_first"] = float(gain_first)
-    text = (" ".join(sentences) if sentences else "No weight decay in these sweeps fits the training set, so nothing "
-            "is compared here.")
-    return text, numbers
+    return " ".join(sentences), numbers
+
+
+def phase_best_table(phase_lasts: dict) -> _HTML | None:
+    best = phase_best(phase_lasts)
+    if best.empty:
+        return None
+    return table(best, "Table: the phase-diagram runs at the end of training: for the first and the last hidden "
+                 "layer, the weight decay (among those that fit the training set, mean training error at most 1%) "
+                 "where its NC1 is smallest, NC1 there and without weight decay (means over seeds), and how many "
+                 "times lower it is there.", formats={"λ where smallest": "{:g}", "times lower": "{:.2g}"},
+                 precision=3)
 
 
 def nc1_falls_over_training(table: pd.DataFrame) -> tuple[dict, bool]:
@@ -162,16 +192,24 @@ def nc1_falls_over_training(table: pd.DataFrame) -> tuple[dict, bool]:
 
 
 def over_training(tables: dict) -> str:
-    """How far each hidden layer's NC1 falls during training, per dataset."""
+    """Whether, per dataset, the deeper the layer the further its NC1 falls during training (numbers:
+    :func:`over_training_table`)."""
     sentences = []
     for name, t in tables.items():
-        falls, deeper_falls_more = nc1_falls_over_training(t)
-        sentences.append(f"On {name}, from the first measured epoch to the last NC1 falls "
-                         + ", ".join(f"{value_range(v)} times at layer {layer}" for layer, v in falls.items())
-                         + " (range over the λ)"
-                         + ("; in every run, the deeper the layer, the further it falls." if deeper_falls_more
-                            else "."))
-    return " ".join(sentences)
+        _, deeper_falls_more = nc1_falls_over_training(t)
+        sentences.append(f"On {name}, " + ("in every run the deeper the layer, the further its NC1 falls from the "
+                                            "first measured epoch to the last." if deeper_falls_more else
+                                            "not every run's NC1 falls further at a deeper layer."))
+    return " ".join(sentences) + " The table gives each layer's fall."
+
+
+def over_training_table(tables: dict) -> _HTML:
+    """Per dataset and hidden layer: NC1 at the first measured epoch over NC1 at the last (smallest to largest
+    over the runs, every lambda)."""
+    rows = [{"data": name, "hidden layer": layer, "NC1 fall, first to last epoch": value_range(falls)}
+            for name, t in tables.items() for layer, falls in nc1_falls_over_training(t)[0].items()]
+    return table(pd.DataFrame(rows), "Table: how many times each hidden layer's NC1 falls during training, from "
+                 "the first measured epoch to the last (smallest–largest over the runs of Figures 1-2, every λ).")
 
 
 def train_test_rows(scales: dict) -> pd.DataFrame:
@@ -186,49 +224,69 @@ def train_test_rows(scales: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def held_out(rows: pd.DataFrame, images: dict) -> tuple[str, dict]:
-    """What :func:`train_test_rows` shows, per dataset and scale, and whether the effect of weight decay on the
-    test NC1 survives the change of scale (``images``: dataset name -> training images of the book's runs); and
-    the numbers for glue (the book's runs only, not the full-scale ones)."""
-    sentences, directions, numbers = [], {}, {}
+def _direction(group: pd.DataFrame) -> str | None:
+    """Weight decay's effect on the test NC1 in one group of runs: "lower", "higher" or "neither..."; None
+    without both lambda = 0 and lambda > 0."""
+    zero, positive = group[group["λ"] == 0], group[group["λ"] > 0]
+    if zero.empty or positive.empty:
+        return None
+    z, p = float(zero["test NC1"].iloc[0]), positive["test NC1"]
+    return "lower" if (p < z).all() else "higher" if (p > z).all() else "neither uniformly lower nor higher"
+
+
+def held_out_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """:func:`train_test_rows` per dataset and scale: the test NC1 over the training NC1, NC4 on both sets, the
+    test NC1 without against with weight decay and which way weight decay moves it, and how far the nearest-class-
+    centre rule's test error is from the network's (ranges: smallest–largest over the runs)."""
+    summary = []
     for (name, scale), group in rows.groupby(["data", "runs"], sort=False):
         zero, positive = group[group["λ"] == 0], group[group["λ"] > 0]
-        ratio = (group["test NC1"] / group["NC1"]).tolist()
-        sentence = (f"On {name} ({scale}) the test set's NC1 is {value_range(ratio)} times its training NC1, and the "
-                    f"test NC4 is {value_range(group['test NC4'], '.1%')} against "
-                    f"{value_range(group['NC4'], '.1%')} on the training set.")
-        if len(zero) and len(positive):
-            z, p = float(zero["test NC1"].iloc[0]), positive["test NC1"]
-            direction = ("lower" if (p < z).all() else "higher" if (p > z).all()
-                         else "neither uniformly lower nor higher")
+        gap = (100 * (group["test error, nearest training centre"] - group["test error"]).abs()).dropna()
+        summary.append({
+            "data": name, "runs": scale, "test NC1 / NC1": value_range(group["test NC1"] / group["NC1"]),
+            "NC4": value_range(group["NC4"], ".1%"), "test NC4": value_range(group["test NC4"], ".1%"),
+            "test NC1, λ = 0 against λ > 0": (f"{float(zero['test NC1'].iloc[0]):.3g} against "
+                                              f"{value_range(positive['test NC1'], '.3g')}"
+                                              if len(zero) and len(positive) else "–"),
+            "weight decay's test NC1": _direction(group) or "–",
+            "nearest centre against network, test error (points)": f"{gap.max():.1f}" if len(gap) else "–"})
+    return pd.DataFrame(summary)
+
+
+def held_out(rows: pd.DataFrame, images: dict) -> tuple[str, dict]:
+    """What :func:`held_out_summary` shows, and whether the effect of weight decay on the test NC1 survives the
+    change of scale (``images``: dataset name -> training images of the book's runs); and the numbers for glue
+    (the book's runs only, not the full-scale ones)."""
+    sentences, directions, numbers = [], {}, {}
+    for (name, scale), group in rows.groupby(["data", "runs"], sort=False):
+        if (direction := _direction(group)) is not None:
             directions[(name, scale)] = direction
-            effect = weight_decay_effect(float(zero["NC1"].iloc[0]) / positive["NC1"], "the training NC1")
-            sentence += (f" Weight decay {effect}; the test NC1 with weight decay is {direction} than without "
-                         f"({value_range(p, '.3g')} against {z:.3g}).")
-            if scale != "full scale":
-                numbers[f"{KEYS[name]}_test_nc1_nowd"] = z
-        gap = sorted(100 * (group["test error, nearest training centre"] - group["test error"]).dropna())
-        if gap:
-            sentence += (f" On the test set, the nearest-class-centre rule built from the training means has an "
-                         f"error within {max(abs(g) for g in gap):.1f} percentage points of the network's own test "
-                         f"error ({value_range(group['test error'], '.1%')}).")
-        sentences.append(sentence)
         if scale != "full scale":
+            zero = group[group["λ"] == 0]
+            if len(zero) and (group["λ"] > 0).any():
+                numbers[f"{KEYS[name]}_test_nc1_nowd"] = float(zero["test NC1"].iloc[0])
             numbers[f"{KEYS[name]}_test_nc4_max"] = float(group["test NC4"].max())
+    less_collapsed = bool((rows["test NC1"] > rows["NC1"]).all())
+    if less_collapsed:
+        sentences.append("In every run the test set's NC1 is higher than the training set's: collapse measured on "
+                         "the training set does not, by itself, carry over to held-out images.")
+    gap = (100 * (rows["test error, nearest training centre"] - rows["test error"]).abs()).dropna()
+    if len(gap):
+        sentences.append(f"On the test set, the nearest-class-centre rule built from the training means errs within "
+                         f"{gap.max():.1f} percentage points of the network's own test error in every run.")
     book_scale = next((scale for _, scale in directions if scale != "full scale"), None)
     for name, count in images.items():
         small, full = directions.get((name, book_scale)), directions.get((name, "full scale"))
         if small and full and small != full:
-            sentences.append(f"So on {name} the direction depends on the scale: weight decay leaves the test NC1 "
+            sentences.append(f"On {name} the direction depends on the scale: weight decay leaves the test NC1 "
                              f"{small} on the book's {count:,}-image runs and {full} on the full training set; "
                              "neither is a general effect of weight decay.")
         elif small and full:
             sentences.append(f"On {name} the test NC1 with weight decay is {small} than without at both scales.")
-    less_collapsed = bool((rows["test NC1"] > rows["NC1"]).all())
-    text = " ".join(sentences) + (" In every run the test set's NC1 is higher than the training set's: collapse "
-                                  "measured on the training set does not, by itself, carry over to held-out images."
-                                  if less_collapsed else "")
-    return text, numbers
+        elif small:
+            sentences.append(f"On {name} the test NC1 with weight decay is {small} than without.")
+    return " ".join(sentences) + " The first table sums up each dataset and scale; the second gives every run.", \
+        numbers
 
 
 @dataclass
@@ -331,6 +389,9 @@ class LayersPage:
     def phase_numbers(self) -> dict:
         return phase_comparison(self.phase_lasts)[1]
 
+    def phase_table(self) -> _HTML | None:
+        return phase_best_table(self.phase_lasts)
+
     def training_figure(self) -> FigureFiles:
         """NC1 of each hidden layer against epoch (the figure runs)."""
         from ..plots import figure_layers_training
@@ -345,6 +406,9 @@ class LayersPage:
 
     def training_markdown(self) -> str:
         return over_training(self.tables)
+
+    def training_table(self) -> _HTML:
+        return over_training_table(self.tables)
 
     def train_test_figure(self) -> FigureFiles:
         """NC1, CDNV, NC4 and the error at the last hidden layer, training set against test set."""
@@ -375,6 +439,12 @@ class LayersPage:
 
     def held_out_numbers(self) -> dict:
         return held_out(self.held_out_rows, self._images())[1]
+
+    def held_out_summary_table(self) -> _HTML:
+        return table(held_out_summary(self.held_out_rows), f"Table: end of training, training set against test set "
+                     f"per dataset and scale (profile '{self.profile}', and the full-scale runs of published/paper/): "
+                     f"smallest–largest over the runs; the last column is the largest gap between the test error of "
+                     f"the nearest-class-centre rule built from the training means and the network's own.")
 
     def held_out_table(self) -> _HTML:
         return table(self.held_out_rows, f"Table: end of training, training set against test set (profile "
