@@ -177,23 +177,19 @@ class NecessityPage:
             clauses = []
             for q, name in QUANTITIES.items():
                 clauses.append(f"{name}: **{self.answer(dataset, q)}**")
+            from .pages.prose import number
+
             schedule = self.main_schedule
-            zero, positive = self._zero_and_positive(dataset, schedule)
-            best = self.verdicts[(dataset, schedule, "nc1")].best_lambda
-            at_best = positive[positive["weight_decay"] == best]
-            numbers = (f"With a {SCHEDULES[schedule]}, once the network fits (training error at most "
-                       f"{TERMINAL_TRAIN_ERROR:.1%} "
-                       f"from epoch t* = {spread(zero['t_star'])} on), NC1 "
-                       f"without weight decay goes from {spread(zero['nc1_at_t_star'])} to {spread(zero['nc1_end'])} "
-                       f"at epoch {zero['last_epoch'].max():,.0f} (late slope {spread(zero['nc1_slope'], 2)}) and "
-                       f"the centred NC3 to {spread(zero['nc3_centred_end'])} (slope "
-                       f"{spread(zero['nc3_centred_slope'], 2)}); with λ = {best:g} NC1 ends at "
-                       f"{spread(at_best['nc1_end'])} (slope {spread(at_best['nc1_slope'], 2)}) and NC3 at "
-                       f"{spread(at_best['nc3_centred_end'])}" if not math.isnan(best) else
+            nc1, nc3 = (self.verdicts[(dataset, schedule, q)] for q in ("nc1", "nc3_centred"))
+            seeds = self.after.loc[self.after["dataset"] == dataset, "seed"].nunique()
+            numbers = (f"With a {SCHEDULES[schedule]}, after interpolation NC1 without weight decay ends "
+                       f"{number(nc1.gap)} times higher than with λ = {nc1.best_lambda:g} (late slope "
+                       f"{nc1.zero_slope:.2f}), and the centred NC3 {number(nc3.gap)} times higher than with λ = "
+                       f"{nc3.best_lambda:g}" if not math.isnan(nc1.best_lambda) else
                        "No weight decay fits its training set on every seed here")
             parts.append(f"**{DATASET_NAMES.get(dataset, dataset)}** ({self.source(dataset)}). Is weight decay "
-                         f"necessary? {'; '.join(clauses)}. "
-                         f"{numbers} (means over {zero['seed'].nunique()} seeds, ranges in brackets).")
+                         f"necessary? {'; '.join(clauses)}. {numbers} (means over {seeds} seeds; the tables below "
+                         f"give every number).")
         return "\n\n".join(parts)
 
     def one_line(self) -> str:
@@ -256,26 +252,49 @@ class NecessityPage:
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def moving_markdown(self) -> str:
-        """Has lambda = 0 stopped moving? Its loss, gradient norm and weight norm over the last decade."""
-        parts = []
+    def moving_frame(self) -> pd.DataFrame:
+        """Has lambda = 0 stopped moving? Per dataset (the main schedule), over the last decade of epochs: how many
+        times its training loss and gradient norm fell, and how much sum_l ||W_l||^2 changed, mean (min-max) over
+        seeds."""
+        rows = []
         train = training_rows(self.table)
         for dataset in self.datasets:
-            rows = train[(train["dataset"] == dataset) & (train["weight_decay"] == 0)
+            runs = train[(train["dataset"] == dataset) & (train["weight_decay"] == 0)
                          & (train["schedule"] == self.main_schedule)]
-            runs = [g.sort_values("epoch") for _, g in rows.groupby("run_id")]
+            runs = [g.sort_values("epoch") for _, g in runs.groupby("run_id")]
             last = max(int(g["epoch"].iloc[-1]) for g in runs)
 
             def fall(column, runs=runs, last=last):
                 """Each seed's value at the first epoch of the last decade over its value at the end."""
                 return [float(g.loc[g["epoch"] >= last / 10, column].iloc[0] / g[column].iloc[-1]) for g in runs]
 
-            growth = [100 * (1 / f - 1) for f in fall("weight_norm_sq")]
-            parts.append(f"{DATASET_NAMES.get(dataset, dataset)}, λ = 0, {SCHEDULES[self.main_schedule]}: over the "
-                         f"last decade (epoch {last // 10:,} to {last:,}) the training loss fell "
-                         f"{spread(fall('train_loss'))}-fold, the gradient norm {spread(fall('grad_norm'))}-fold, and "
-                         f"$\\sum_l\\lVert W_l\\rVert^2$ changed by {spread(growth, 2)}%.")
+            rows.append({"data": DATASET_NAMES.get(dataset, dataset), "schedule": SCHEDULES[self.main_schedule],
+                         "epochs": f"{last // 10:,} to {last:,}", "training loss fall": spread(fall("train_loss")),
+                         "gradient norm fall": spread(fall("grad_norm")),
+                         "Σ‖W_l‖² change": spread([100 * (1 / f - 1) for f in fall("weight_norm_sq")], 2) + "%",
+                         "_loss": min(fall("train_loss")), "_weights": max(abs(1 / f - 1) for f in
+                                                                           fall("weight_norm_sq"))})
+        return pd.DataFrame(rows)
+
+    def moving_markdown(self) -> str:
+        """What :meth:`moving_frame` says, in words."""
+        frame = self.moving_frame()
+        parts = []
+        for _, row in frame.iterrows():
+            loss = "still falls many-fold" if row["_loss"] > 10 else "still falls" if row["_loss"] > 1.1 else \
+                "has stopped falling"
+            weights = "barely changes (under 1%)" if row["_weights"] < 0.01 else "still changes"
+            parts.append(f"On {row['data']} without weight decay ({row['schedule']}), over the last decade of epochs "
+                         f"the training loss and the gradient norm {loss.replace('falls', 'fall')}, while the "
+                         f"weights' size $\\sum_l\\lVert W_l\\rVert^2$ {weights}.")
         return " ".join(parts)
+
+    def moving_table(self):
+        from .pages import table
+
+        return table(self.moving_frame().drop(columns=["_loss", "_weights"]),
+                     "Table: λ = 0 over the last decade of epochs: how many times its training loss and gradient "
+                     "norm fell, and how much the weights' size Σ‖W_l‖² changed; mean (min–max) over seeds.")
 
     @property
     def description(self) -> str:

@@ -13,7 +13,6 @@ from ncpaper.pages.layers import (
     held_out_summary,
     layer_nc1_table,
     nc1_falls_over_training,
-    number,
     phase_best,
     phase_best_table,
     phase_comparison,
@@ -22,6 +21,7 @@ from ncpaper.pages.layers import (
     value_range,
     weight_decay_direction,
 )
+from ncpaper.pages.prose import number
 
 NAN = float("nan")
 

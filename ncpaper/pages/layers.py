@@ -16,15 +16,10 @@ import pandas as pd
 
 from .display import _HTML, table
 from .figures import FigureFiles, page_figure
-from .prose import pooling_text
+from .prose import number, pooling_text
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}  # key (profiles, glue names) -> name (the page's prose)
 KEYS = {name: key for key, name in DATASETS.items()}
-
-
-def number(value, fmt=".2g") -> str:
-    """A number as a reader reads it: 2 significant digits by default, whole numbers from 100 on."""
-    return f"{value:,.0f}" if fmt == ".2g" and abs(value) >= 100 else f"{value:{fmt}}"
 
 
 def value_range(values, fmt=".2g") -> str:

@@ -12,6 +12,11 @@ def pooling_text(run) -> str:
     return f", images averaged over {k}x{k} pixel blocks ({height}x{width} inputs)"
 
 
+def number(value, fmt=".2g") -> str:
+    """A number as a reader reads it: 2 significant digits by default, whole numbers from 100 on."""
+    return f"{value:,.0f}" if fmt == ".2g" and abs(value) >= 100 else f"{value:{fmt}}"
+
+
 def lambda_list(values) -> str:
     return ", ".join(f"{v:g}" for v in sorted(values))
 
