@@ -29,7 +29,8 @@ HORIZON_PARTS = [("mnist_schedule", "MNIST, rate cut"), ("mnist_constant", "MNIS
 
 def reproduce_runs(profile: str, published_profile: str = "paper", progress: bool = True,
                    horizon_profile: str = "horizon"):
-    """What each part of the book took (one row per part) and the settings it used (one sentence per part).
+    """What each part of the book took (one row per part), the settings it used (one row per part) and the parts
+    not published yet.
 
     The book's own profile is trained (or read from the cache); the full-scale profile's figures are read
     from ``published/``, and a part not published yet is listed as such.
@@ -51,11 +52,12 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
         configs = section_configs(part_profile, section, name)
         c = configs[0]
         cuts = ", ".join(f"{m:.0%}" for m in c.lr_milestones)
-        rate = f"lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of them" if cuts else f"constant lr {c.lr:g}"
+        rate = f"lr {c.lr:g} cut {1 / c.lr_gamma:g}-fold at {cuts} of the epochs" if cuts else f"constant lr {c.lr:g}"
         pooled = f", images averaged over {c.input_pool}x{c.input_pool} pixels" if c.input_pool > 1 else ""
-        choices.append(f"{label} (profile '{part_profile}'): {c.architecture()}{pooled}, {c.n_per_class:,} images "
-                       f"per class, {c.epochs:,} epochs, {rate}, "
-                       f"batch {c.batch_size}, λ in {{{lambda_list({x.weight_decay for x in configs})}}}")
+        choices.append({"part": label, "profile": part_profile, "network": f"{c.architecture()}{pooled}",
+                        "images per class": c.n_per_class, "epochs": c.epochs,
+                        "SGD": f"{rate}, momentum {c.momentum:g}",
+                        "batch": c.batch_size, "λ": lambda_list({x.weight_decay for x in configs})})
         try:
             runs = load_published(configs, part_profile) if published else run_sweep(configs, progress=progress)
         except MissingResultError:
@@ -69,12 +71,12 @@ def reproduce_runs(profile: str, published_profile: str = "paper", progress: boo
                      "measure / train": timings["measure_seconds"].sum() / timings["train_seconds"].sum(),
                      "images/s (median)": timings["images_per_second"].median(), "device": prov["device"][0],
                      "commits": ", ".join(sorted(set(prov["commit"]))), "created": prov["finished (UTC)"].max()})
-    return pd.DataFrame(rows), choices, missing
+    return pd.DataFrame(rows), pd.DataFrame(choices), missing
 
 
 def full_scale_verdicts(profile: str = "paper") -> str:
-    """One sentence per figure of the published full-scale runs: the λ that meet our criterion and the training
-    error of those that do not fit (read from ``published/<profile>/``; "" for a figure not published)."""
+    """One sentence per figure of the published full-scale runs: the λ that meet our criterion and from which λ on
+    the network no longer fits (read from ``published/<profile>/``; "" for a figure not published)."""
     from ..analysis import last_rows
     from ..profiles import figure_configs
     from ..published import MissingResultError, load_published
@@ -94,8 +96,11 @@ def full_scale_verdicts(profile: str = "paper") -> str:
         if met:
             parts.append(f"λ = {lambda_list(met)} {'meets' if len(met) == 1 else 'meet'} the criterion")
         if unfit:
-            parts.append("λ = " + ", ".join(f"{w:g} leaves {percent(last.loc[w, 'train_error'])}" for w in unfit)
-                         + " of the training set misclassified")
+            worst = max(last.loc[w, "train_error"] for w in unfit)
+            where = (f"from λ = {min(unfit):g} on" if all(w in unfit for w in judged if w >= min(unfit))
+                     else f"at λ = {lambda_list(unfit)}")
+            parts.append(f"{where} the network leaves more than {TERMINAL_TRAIN_ERROR:.1%} of the "
+                         f"training set misclassified (up to {percent(worst)}; the figure pages give each λ)")
         sentences.append(f"On all {n_train:,} {label} images " + " and ".join(parts) + ".")
     return " ".join(sentences)
 
