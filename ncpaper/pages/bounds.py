@@ -1,0 +1,268 @@
+"""The page 'Beyond the paper: collapse bounded by the outputs' (``notebooks/bounds.md``): its checks and its runs.
+
+The maths (the bounds, the constructions, :func:`ncpaper.bounds.bounds_table`) lives in :mod:`ncpaper.bounds`;
+here are the sentences and tables the page shows about them: the checks on random features and constructions,
+and NC1 against its bounds at every settled weight-decay run of a profile (:class:`BoundsPage`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import pandas as pd
+
+from .display import _HTML, table
+from .figures import FigureFiles, page_figure
+from .prose import lambda_list
+
+DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def identity_markdown(checks: pd.DataFrame) -> str:
+    """What :func:`ncpaper.bounds.identity_table` shows: how well the identities hold, whether both bounds do,
+    and where the lower bound explains least."""
+    least = checks.loc[checks["share"].idxmin()]
+    held = "both bounds hold in every setting" if checks["ordered"].all() else "**a bound fails in some setting**"
+    return (f"Every identity holds to {checks['worst identity'].max():.0e}, and {held}. The lower bound explains "
+            f"{checks['share'].min():.0%} to {checks['share'].max():.0%} of NC1, least in the setting with $p$ = "
+            f"{int(least['p'])} features and $n$ = {int(least['C'] * least['N'])} examples.")
+
+
+def identity_table_html(checks: pd.DataFrame) -> _HTML:
+    return table(checks.rename(columns={"nc1_lower": "Φ (lower)", "nc1_upper": "upper", "share": "Φ / NC1",
+                                        "spread_ratio": "s_max(Σ_W)/λ", "weight_decay": "λ", "spread": "s",
+                                        "ordered": "Φ ≤ NC1 ≤ upper"}),
+                 "Table: the identities and the bounds on random ReLU features.", precision=3)
+
+
+def critical_point_table(report: dict, point: dict) -> _HTML:
+    """:func:`ncpaper.bounds.critical_point_report` of the constructed critical point as a one-row table."""
+    shown = {"‖∂J/∂W_1‖ / ‖λW_1‖": report["gradient_1"], "‖∂J/∂W_2‖ / ‖λW_2‖": report["gradient_2"],
+             "smallest |pre-activation| / largest": report["kink_margin"], "Tr Σ_f": report["output_spread"],
+             "NC1": report["nc1"], "Φ (item 2)": report["nc1_lower"], "upper bound (item 3)": report["nc1_upper"],
+             "CDNV": report["cdnv"], "NC4": report["nc4"], "training error": report["train_error"],
+             "‖W_2 − ridge readout‖ / ‖W_2‖": report["readout_gap"]}
+    classes, per_class = int(point["labels"].max()) + 1, int((point["labels"] == 0).sum())
+    return table(pd.DataFrame([shown]), f"Table: the constructed critical point (C = {classes}, N = {per_class}, "
+                                        f"λ = {point['weight_decay']:g}, ρ = {point['input_norm']:g}): gradients, "
+                                        "kinks, collapse.", precision=3)
+
+
+def critical_point_markdown(report: dict, point: dict) -> str:
+    per_class = int((point["labels"] == 0).sum())
+    return (rf"Every gradient is at float64 rounding ({report['gradient_1']:.0e} and {report['gradient_2']:.0e} of "
+            rf"$\lVert\lambda W_l\rVert$). No ReLU is near its kink: the smallest pre-activation is "
+            rf"{report['kink_margin']:.2f} of the largest. The outputs are constant within each class and NC1 is 0, "
+            rf"but the CDNV is {report['cdnv']:.2f}, which is $(N-1)/2$ for this construction ($N$ = {per_class}).")
+
+
+def symmetric_outputs_markdown(check: dict) -> str:
+    """What :func:`ncpaper.bounds.symmetric_outputs_check` shows: Phi, item 5's closed form and the outputs' NC1
+    agree, and the features' NC1 is larger."""
+    return (rf"Here $F$ is of the symmetric form to within {check['f_distance']:.0e} ($\epsilon$ = "
+            rf"{check['eps']:.3f}, $\delta$ = {check['delta']:.3f}), and $\Phi$ = {check['nc1_lower']:.6f}, "
+            rf"$\mathrm{{Tr}}(P\Sigma_fP)/(1-\epsilon-\delta)^2$ = {check['closed_form']:.6f} and the outputs' NC1 = "
+            rf"{check['nc1_outputs']:.6f} agree, while the features' NC1 is {check['nc1']:.3f}.")
+
+
+@dataclass
+class BoundsPage:
+    """The settled weight-decay runs of one profile (figure runs, phase runs per dataset name) and the published
+    full-scale ones, with NC1 against its bounds (:func:`ncpaper.bounds.bounds_table`)."""
+
+    profile: str
+    figure_runs: list
+    phase_runs: dict
+    published: list = field(default_factory=list)
+    root: str = "."
+
+    @cached_property
+    def figure_table(self) -> pd.DataFrame:
+        from ..bounds import bounds_table
+
+        frame = bounds_table(self.figure_runs)
+        return frame.assign(data=frame["data"].map(DATASETS))
+
+    @cached_property
+    def phase_tables(self) -> dict:
+        from ..bounds import bounds_table
+
+        return {name: bounds_table(runs) for name, runs in self.phase_runs.items()}
+
+    @cached_property
+    def every(self) -> pd.DataFrame:
+        """Every settled weight-decay run: the figure runs, then the phase runs (column ``runs``)."""
+        phase = [t.assign(runs="phase", data=t["data"].map(DATASETS)) for t in self.phase_tables.values()]
+        return pd.concat([self.figure_table.assign(runs="figure"), *phase], ignore_index=True)
+
+    @property
+    def defined(self) -> pd.DataFrame:
+        """The runs with distinct class means (NC1 and both bounds defined; not at f = 0)."""
+        return self.every.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
+
+    @property
+    def reliable(self) -> pd.DataFrame:
+        """The defined runs whose Phi float64 resolves (``reliable``)."""
+        defined = self.defined
+        return defined[defined["reliable"].astype(bool)]
+
+    def ordered(self) -> pd.Series:
+        """Phi <= NC1 <= upper on each reliable run (Phi up to a relative 1e-9)."""
+        r = self.reliable
+        return (r["nc1_lower"] <= r["nc1"] * (1 + 1e-9)) & (r["nc1"] <= r["nc1_upper"])
+
+    def settled_markdown(self) -> str:
+        """How many settled runs there are, which have a defined and resolvable Phi, whether the ordering holds on
+        them (and why the others are left out), and the share of NC1 the outputs explain."""
+        from ..bounds import RELIABLE_CONDITION
+
+        every, defined, reliable, ordered = self.every, self.defined, self.reliable, self.ordered()
+        rounding = defined[~defined["reliable"].astype(bool)]
+        conditioned = (
+            f"On the other {len(rounding)}, at λ = {lambda_list(set(rounding['weight_decay']))} with "
+            f"{rounding['train_error'].min():.0%} to {rounding['train_error'].max():.0%} of the training set "
+            f"misclassified, the centred class means nearly lose a direction: the matrix $P(R^{{-1}} - I)P$ that "
+            f"$\\Phi$ pseudo-inverts has condition number {rounding['lower_condition'].min():.0e} to "
+            f"{rounding['lower_condition'].max():.0e}, so float64 rounding decides $\\Phi$ there and those runs are "
+            "left out of the check and of the shares below (they are not counterexamples: item 2 is proved; "
+            "settling the same network again gives other values of $\\Phi$ there). " if len(rounding) else "")
+        holds = ("on every one of them $\\Phi \\le \\mathrm{NC1} \\le$ upper. " if ordered.all() else
+                 f"**the ordering fails on {int((~ordered).sum())} of them**: $\\Phi \\le \\mathrm{{NC1}} \\le$ upper "
+                 "does not hold there. ")
+        share = (f"The outputs alone explain {reliable['share'].min():.0%} to {reliable['share'].max():.0%} of the "
+                 "measured NC1." if len(reliable) else "")
+        return (f"Of the {len(every)} settled weight-decay runs, {len(defined)} have distinct class means; the other "
+                f"{len(every) - len(defined)} sit at the trivial solution $f = 0$, where NC1 is undefined. Of those "
+                f"{len(defined)}, {len(reliable)} have a lower bound that float64 resolves (condition number of what "
+                f"it pseudo-inverts at most {RELIABLE_CONDITION:.0e}"
+                + (f"; the largest here is {reliable['lower_condition'].max():.0e}" if len(reliable) else "")
+                + "), and " + holds + conditioned + share)
+
+    def figure_runs_table(self) -> _HTML:
+        columns = {"data": "data", "weight_decay": "weight_decay", "seed": "seed", "train_error": "train_error",
+                   "nc1_lower": "Φ (lower)", "nc1": "nc1", "nc1_upper": "upper", "share": "Φ / NC1",
+                   "upper_ratio": "upper / NC1", "means_factor": "((λ + s_max)/(λ + σ̄))²",
+                   "spread_ratio": "s_max(Σ_W)/λ", "worst_factor": "(1 + s_max/λ)²"}
+        return table(self.figure_table[list(columns)].rename(columns=columns),
+                     f"Table: NC1 and its bounds at the settled points of Figures 1-2's weight-decay runs (profile "
+                     f"'{self.profile}').", precision=3)
+
+    def figure(self) -> FigureFiles:
+        from ..bounds import RELIABLE_CONDITION, bounds_figure
+
+        fig = bounds_figure(self.phase_tables,
+                            title=f"NC1 between its output bounds · phase diagrams · profile '{self.profile}'")
+        return page_figure(
+            fig, f"bounds_{self.profile}", [r for group in self.phase_runs.values() for r in group], self.profile,
+            figure_id="bounds", what=f"NC1 bounded by the outputs (profile '{self.profile}')", notebook="bounds.md",
+            params=f"profile='{self.profile}'",
+            caption=(f"NC1 of the last hidden layer at the settled points of the phase diagrams' runs (profile "
+                     f"'{self.profile}'), between its lower bound Φ from the outputs alone (item 2) and the upper "
+                     "bound of item 3, across λ (top), and the share Φ / NC1 of NC1 that the outputs explain "
+                     "(bottom). Lines: means over seeds; bands: min-max over seeds. λ with every seed at f = 0 have "
+                     "no point; runs whose Φ float64 cannot resolve (condition number above "
+                     f"{RELIABLE_CONDITION:.0e}, listed below) are left out."),
+            alt=("Two columns of plots, MNIST and CIFAR-10, against weight decay on a log axis: top, NC1 with its "
+                 "lower and upper bounds on a log axis; bottom, the ratio of the lower bound to NC1 between 0 and 1."),
+            root=self.root)
+
+    def looseness(self) -> pd.DataFrame:
+        """Per dataset, medians over its reliable runs (:func:`ncpaper.bounds.bounds_summary`) as the page shows
+        them: s_max / lambda, the upper bound's factor at the means' variance, the upper bound over NC1 and the
+        share of NC1 that Phi explains."""
+        from ..bounds import bounds_summary
+
+        summary = bounds_summary(self.defined)
+        return pd.DataFrame([{
+            "data": name, "runs": int(row["runs"]), "s_max(Σ_W)/λ": row["spread_ratio_median"],
+            "((λ + s_max)/(λ + σ̄))²": row["means_factor_median"],
+            "upper / NC1": f"{row['upper_ratio_median']:.3g} (at most {row['upper_ratio_max']:.3g})",
+            "Φ / NC1": f"{row['share_median']:.0%} ({row['share_min']:.0%} to {row['share_max']:.0%})"}
+            for name, row in summary.iterrows()])
+
+    def looseness_table(self) -> _HTML | None:
+        frame = self.looseness()
+        if frame.empty:
+            return None
+        return table(frame, "Table: where the upper bound is loose, per dataset: medians over its settled runs "
+                            "whose Φ is resolved (figure and phase runs); upper / NC1 and Φ / NC1 with their "
+                            "largest value or range.", precision=3)
+
+    def looseness_markdown(self) -> str:
+        """Which dataset's upper bound is looser, and whether its within-class spread against lambda says why."""
+        from ..bounds import bounds_summary
+
+        summary = bounds_summary(self.defined)
+        if len(summary) != 2:
+            return ""
+        loose, tight = summary["upper_ratio_median"].idxmax(), summary["upper_ratio_median"].idxmin()
+        wider = summary.loc[loose, "spread_ratio_median"] > summary.loc[tight, "spread_ratio_median"]
+        return (f"The upper bound is looser on {loose}, where the within-class spread is "
+                + ("also larger against λ, as item 3 predicts." if wider else
+                   "not larger against λ: there NC1 sits in directions of smaller within-class variance."))
+
+    def nc3_split(self) -> pd.DataFrame:
+        return self.figure_table[["data", "weight_decay", "seed", "nc3_centred", "nc3_centred_ridge",
+                                  "nc3_centred_within", "nc3_centred_asymmetry", "output_asymmetry"]]
+
+    def nc3_split_table(self) -> _HTML:
+        return table(self.nc3_split().rename(columns={
+            "nc3_centred": "NC3 centred (network)", "nc3_centred_ridge": "NC3 centred (ridge)",
+            "nc3_centred_within": "spread only", "nc3_centred_asymmetry": "asymmetry only",
+            "output_asymmetry": "asymmetry of R"}),
+            "Table: the centred NC3 and its two sources at the settled points of Figures 1-2's weight-decay runs.",
+            precision=3)
+
+    def nc3_markdown(self) -> str:
+        split = self.nc3_split()
+        within = int((split["nc3_centred_within"] > split["nc3_centred_asymmetry"]).sum())
+        return (f"The within-class spread is the larger source on {within} of these {len(split)} runs; on the others "
+                "it is the asymmetry of the mean outputs.")
+
+    def full_scale_markdown(self) -> str:
+        """Whether the published full-scale runs have the bounds' columns, and their share if they do."""
+        from ..bounds import bounds_table
+
+        if not self.published:
+            return "The full-scale runs (profile 'paper') are not published yet; their columns come with them."
+        with_columns = bounds_table(self.published)
+        if len(with_columns) == len(self.published):
+            return (f"The {len(self.published)} full-scale weight-decay runs (profile 'paper') have these columns; "
+                    f"their Φ / NC1 is {with_columns['share'].min():.0%} to {with_columns['share'].max():.0%}.")
+        versions = sorted({r.meta["metrics_version"] for r in self.published})
+        return (f"**Full scale.** The {len(self.published)} full-scale weight-decay runs (profile 'paper', "
+                f"`published/paper/`) were measured with metrics version {', '.join(map(str, versions))}, before "
+                "these columns, and keep no weights, so their bounds cannot be computed from what is published. The "
+                "columns come when they are next trained (on a GPU), which measures every settled point with them.")
+
+    def listing_table(self) -> _HTML:
+        from ..bounds import RELIABLE_CONDITION
+
+        listing = self.every[["data", "runs", "weight_decay", "seed", "nc1", "nc1_lower", "nc1_upper",
+                              "lower_condition"]].sort_values(["runs", "data", "weight_decay", "seed"], kind="stable")
+        return table(listing.rename(columns={"runs": "part", "nc1_lower": "Φ (lower)", "nc1_upper": "upper",
+                                             "lower_condition": "condition of Φ"}),
+                     f"Table: NC1, its lower bound Φ and its upper bound at every settled weight-decay run (profile "
+                     f"'{self.profile}'); dashes: f = 0; condition of Φ above {RELIABLE_CONDITION:.0e}: float64 "
+                     "cannot resolve Φ.", precision=3)
+
+
+def bounds_page(profile: str, root: str = ".", full_scale_profile: str = "paper") -> BoundsPage:
+    """Read (or train) the weight-decay runs of ``profile``'s figures and phase diagrams, and the published
+    full-scale weight-decay runs where they are published."""
+    from ..profiles import figure_configs, phase_configs
+    from ..published import MissingResultError, load_published
+    from ..sweep import run_sweep
+
+    figure_runs = [run for d in ("cifar10", "mnist")
+                   for run in run_sweep([c for c in figure_configs(profile, d) if c.weight_decay > 0], progress=False)]
+    phase_runs = {name: run_sweep([c for c in phase_configs(profile, d) if c.weight_decay > 0], progress=False)
+                  for d, name in DATASETS.items()}
+    try:
+        published = [r for d in ("cifar10", "mnist")
+                     for r in load_published([c for c in figure_configs(full_scale_profile, d) if c.weight_decay > 0],
+                                             full_scale_profile)]
+    except MissingResultError:
+        published = []
+    return BoundsPage(profile, figure_runs, phase_runs, published, str(root))
