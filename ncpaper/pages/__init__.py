@@ -7,11 +7,12 @@ figure and prose: the prose is Markdown output, the figure an HTML block holding
 
 One module per concern: ``display`` (prose, tables, :func:`show`), ``prose`` (numbers in sentences),
 ``figures`` (saving and showing a figure), ``verdicts`` (our collapse criterion, after interpolation), and
-one per kind of page: ``figure``, ``phase``, ``layers``, ``reproduce``. Every public name is importable
+one per kind of page: ``figure``, ``phase``, ``layers``, ``bounds``, ``reproduce``. Every public name is importable
 from ``ncpaper.pages``.
 """
 
 from ..citing import citation
+from .bounds import BoundsPage, bounds_page
 from .display import _HTML as _HTML  # the displayed objects' plain-text form names ncpaper.pages
 from .display import COLUMN_LABELS, glue_numbers, readable_columns, show, table, table_html, takeaway_box
 from .display import _Markdown as _Markdown
@@ -28,8 +29,9 @@ from .verdicts import (
     verdict_sentence,
 )
 
-__all__ = ["COLUMN_LABELS", "FigureFiles", "FigurePage", "LayersPage", "PhasePage", "after_interpolation_markdown",
-           "after_interpolation_summary", "after_interpolation_table", "bibtex_from_citation", "citation",
-           "code_commit", "figure_page", "figures_dir", "full_scale_verdicts", "glue_numbers", "layers_page",
-           "page_figure", "phase_page", "pilot_table", "pooling_text", "readable_columns", "reproduce_runs", "show",
-           "table", "table_html", "takeaway_box", "verdict_sentence"]
+__all__ = ["COLUMN_LABELS", "BoundsPage", "FigureFiles", "FigurePage", "LayersPage", "PhasePage",
+           "after_interpolation_markdown", "after_interpolation_summary", "after_interpolation_table",
+           "bibtex_from_citation", "bounds_page", "citation", "code_commit", "figure_page", "figures_dir",
+           "full_scale_verdicts", "glue_numbers", "layers_page", "page_figure", "phase_page", "pilot_table",
+           "pooling_text", "readable_columns", "reproduce_runs", "show", "table", "table_html", "takeaway_box",
+           "verdict_sentence"]
