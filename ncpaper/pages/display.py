@@ -98,7 +98,8 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
     label = "nc-caption-" + hashlib.sha256(caption.encode()).hexdigest()[:10]  # unique on a page: one caption each
     styler = shown.style.format({column: formats.get(column, default) for column in shown.columns}, na_rep="–")
     styler = styler.set_table_attributes(f'class="nc-table" aria-labelledby="{label}"')
-    prose = [c for c in shown.columns if shown[c].astype(str).str.len().max() > LONG_CELL]  # cells that are text
+    prose = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])  # cells that are text or ranges
+             and shown[c].astype(str).str.len().max() > LONG_CELL]  # (a float's repr is long, but it is one number)
     if prose:  # these wrap; numbers and short labels stay on one line (the stylesheet's default)
         styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "8em"})
     if not index:

@@ -161,14 +161,15 @@ class FigurePage:
         earlier = last_rows(train[train["epoch"] <= 0.75 * self.runs[0].config.epochs])
         if earlier["run_id"].nunique() == self.table["run_id"].nunique():
             fall = earlier.groupby("weight_decay")["nc1"].mean() / self.last["nc1"]
-            frame.insert(len(frame.columns) - 1, "NC1 fall, last quarter", frame["λ"].map(fall))
+            frame.insert(len(frame.columns) - 1, "NC1 fall, last ¼", frame["λ"].map(fall))
         caption = (f"Table: {self.label} at the last epoch ({self.runs[0].config.epochs}), {self.over_seeds}: our "
-                   f"criterion per weight decay. Times lower: the value without weight decay over the value with it; "
-                   f"NC1 fall, last quarter: NC1 at 75% of the epochs over NC1 at the end (above 1: still falling).")
-        return _HTML(table_html(frame, caption, formats={"training error": percent, "λ": "{:g}",
-                                                         "NC1, times lower": "{:.3g}", "NC1 fall, last quarter":
-                                                         "{:.3g}"} | {c: "{:.3g}" for c in frame.columns
-                                                                      if c.endswith("times lower")}))
+                   f"criterion per weight decay. Ratio: the value without weight decay over the value with it (how "
+                   f"many times lower); NC1 fall, last ¼: NC1 at 75% of the epochs over NC1 at the end (above 1: "
+                   f"still falling); fits, < {COLLAPSE_FACTOR:g}x: fits the training set but collapses less than "
+                   f"{COLLAPSE_FACTOR:g}-fold; no fit: training error over {TERMINAL_TRAIN_ERROR:.1%}.")
+        numbers = [c for c in frame.columns if c not in ("λ", "training error", "our criterion")]
+        return _HTML(table_html(frame, caption, formats={"training error": percent, "λ": "{:g}"}
+                                | {c: "{:.3g}" for c in numbers}))
 
     def after_table(self):
         """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
@@ -219,8 +220,8 @@ class FigurePage:
                  + (f"NC1 falls too: {first_nc1 / zero['nc1']:.2g}-fold from the first measured epoch."
                     if first_nc1 > zero["nc1"] else "NC1 ends no lower than at the first measured epoch.")]
         if met:
-            parts.append(f"With λ = {lambda_list(met)} it fits as well and NC1 and NC3 end several times lower: the "
-                         f"collapse of NC1 and NC3 with weight decay that the paper's figures show.")
+            parts.append(f"With λ = {lambda_list(met)} it fits as well and NC1 and NC3 end at least {factor:g} times "
+                         f"lower: the collapse of NC1 and NC3 with weight decay that the paper's figures show.")
             edge = [w for w in met if min(ratio[w]) < 1.1 * factor]
             if edge:
                 parts.append(f"At λ = {lambda_list(edge)} the smaller ratio is within 10% of our {factor:g}x "

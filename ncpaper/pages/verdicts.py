@@ -40,16 +40,18 @@ def criterion_groups(judged: dict, factor: float) -> tuple[list, list, list]:
 
 def criterion_verdicts(judged: dict, factor: float = COLLAPSE_FACTOR,
                        max_train_error: float = TERMINAL_TRAIN_ERROR) -> dict:
-    """lambda > 0 -> our criterion's verdict in words: "met", "fits, collapses less than 5x" or "does not fit"."""
+    """lambda > 0 -> our criterion's verdict in a few words: "met", "fits, < 5x" (it fits but collapses less than
+    5-fold) or "no fit (> 0.2%)" (training error over the threshold)."""
     met, weak, _ = criterion_groups(judged, factor)
-    return {w: "met" if w in met else f"fits, collapses less than {factor:g}x" if w in weak
-            else f"does not fit (error over {max_train_error:.1%})" for w in judged}
+    return {w: "met" if w in met else f"fits, < {factor:g}x" if w in weak else f"no fit (> {max_train_error:.1%})"
+            for w in judged}
 
 
 def criterion_table(last_means: pd.DataFrame, nc3_column: str, factor: float = COLLAPSE_FACTOR,
                     max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.DataFrame:
-    """One row per lambda (lambda = 0 first, the reference): training error, NC1 and NC3 at the last epoch, how
-    many times lower they are than at lambda = 0, and our criterion's verdict (:func:`criterion_verdicts`)."""
+    """One row per lambda (lambda = 0 first, the reference): training error, NC1 and NC3 at the last epoch, their
+    ratios (the value at lambda = 0 over the value here: how many times lower), and our criterion's verdict
+    (:func:`criterion_verdicts`)."""
     judged = judge_lambdas(last_means, nc3_column, factor, max_train_error)
     verdicts = criterion_verdicts(judged, factor, max_train_error)
     nc3_name = "NC3 (W centred)" if nc3_column.endswith("_centred") else "NC3"
@@ -57,9 +59,9 @@ def criterion_table(last_means: pd.DataFrame, nc3_column: str, factor: float = C
     for wd in sorted(last_means.index):
         row = last_means.loc[wd]
         ratios = judged[wd][0] if wd > 0 else (1.0, 1.0)
-        rows.append({"λ": wd, "training error": row["train_error"], "NC1": row["nc1"], "NC1, times lower": ratios[0],
-                     nc3_name: row[nc3_column], f"{nc3_name}, times lower": ratios[1],
-                     "our criterion": verdicts.get(wd, "the reference")})
+        rows.append({"λ": wd, "training error": row["train_error"], "NC1": row["nc1"], "NC1 ratio": ratios[0],
+                     nc3_name: row[nc3_column], f"{nc3_name} ratio": ratios[1],
+                     "our criterion": verdicts.get(wd, "reference")})
     return pd.DataFrame(rows)
 
 
