@@ -84,15 +84,18 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
     ``aria-labelledby``), so that a wide table never cuts it off. A table of more than ``max_columns`` columns is
     split into parts (:func:`column_parts`), each with the caption and "part k of n". Floats show ``precision``
     significant digits unless ``formats`` (column -> format string or function) says otherwise; missing values
-    show as a dash."""
-    parts = column_parts(frame, index, max_columns)
+    show as a dash. ``index``: show the frame's index too, as its first column."""
+    if index:  # the index becomes the first column: headed like the others, left-aligned, repeated in every part
+        name = frame.index.name if frame.index.name is not None else ""
+        if pd.api.types.is_float_dtype(frame.index):
+            formats = {name: "{:g}", **(formats or {})}
+        frame, index = frame.reset_index(names=name), False
+    parts = column_parts(frame, max_columns=max_columns)
     if len(parts) > 1:
         return "".join(table_html(frame[columns], f"{caption} (part {k} of {len(parts)})", formats, precision,
-                                  index, max_columns=len(columns) + (1 if index else 0))
+                                  max_columns=len(columns))
                        for k, columns in enumerate(parts, start=1))
     shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
-    if index:
-        shown = shown.rename_axis(index=readable_columns([shown.index.name])[0] if shown.index.name else None)
     formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
     default = _significant(precision)
     label = "nc-caption-" + hashlib.sha256(caption.encode()).hexdigest()[:10]  # unique on a page: one caption each
@@ -102,10 +105,7 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
              and shown[c].astype(str).str.len().max() > LONG_CELL]  # (a float's repr is long, but it is one number)
     if prose:  # these wrap; numbers and short labels stay on one line (the stylesheet's default)
         styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "8em"})
-    if not index:
-        styler = styler.hide(axis="index")
-    else:
-        styler = styler.format_index("{:g}" if pd.api.types.is_float_dtype(shown.index) else "{}")
+    styler = styler.hide(axis="index")
     return (f'<div class="nc-table-block"><p class="nc-table-caption" id="{label}">{html.escape(caption)}</p>'
             f'<div class="nc-table-wrap">{styler.to_html()}</div></div>')
 
