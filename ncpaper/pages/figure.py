@@ -245,7 +245,7 @@ class FigurePage:
             way = ("lower with every weight decay than without" if max(errors) < zero["test_error"] else
                    "higher with every weight decay than without" if min(errors) > zero["test_error"] else
                    "lower with some weight decays and higher with others")
-            parts.append(f"Test error (the last table) is {way}.")
+            parts.append(f"Test error (in the table of every measure at the last epoch, below) is {way}.")
         return " ".join(parts)
 
     def balance_frame(self) -> pd.DataFrame:
@@ -308,7 +308,7 @@ class FigurePage:
         caption = (f"Table: {self.label} at the last training epoch, {self.over_seeds}, one row per weight decay "
                    f"(the measurements on the training set; test error on the test set).")
         return _HTML(table_html(self.last[columns], caption, index=True,
-                                formats={"train_error": "{:.2%}", "test_error": "{:.2%}"}))
+                                formats={"train_error": percent, "test_error": percent}))
 
     def origin_markdown(self) -> str:
         from ..analysis import provenance_table
