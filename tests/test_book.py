@@ -89,6 +89,9 @@ def test_glued_values_are_the_derivations_and_checks(built):
         assert (root / "book" / "figures" / f"figure{number_}_{name.split('_')[1]}_smoke.pdf").stat().st_size > 0
     assert "CIFAR-10 (JPEG q75 copy)" in glue(root, "figure1_cifar10")["data_source"]
     assert number(glue(root, "reproduce")["total_train_minutes"]) > 0
+    bounds = glue(root, "bounds")
+    assert bounds["all_ordered"] == "True" and number(bounds["n_reliable"]) <= number(bounds["n_defined"])
+    assert 0 <= number(bounds["share_min"]) <= number(bounds["share_max"]) <= 1 + 1e-9  # Phi <= NC1 on every run
     for dataset in ("mnist", "cifar10"):
         phase = glue(root, f"phase_{dataset}")
         assert number(phase["n_runs"]) == 8 and number(phase["n_lambdas"]) == 4 and number(phase["n_seeds"]) == 2

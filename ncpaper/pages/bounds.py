@@ -214,11 +214,14 @@ class BoundsPage:
             "Table: the centred NC3 and its two sources at the settled points of Figures 1-2's weight-decay runs.",
             precision=3)
 
-    def nc3_markdown(self) -> str:
+    def spread_dominates(self) -> int:
+        """On how many figure runs the within-class spread is the larger source of the centred NC3."""
         split = self.nc3_split()
-        within = int((split["nc3_centred_within"] > split["nc3_centred_asymmetry"]).sum())
-        return (f"The within-class spread is the larger source on {within} of these {len(split)} runs; on the others "
-                "it is the asymmetry of the mean outputs.")
+        return int((split["nc3_centred_within"] > split["nc3_centred_asymmetry"]).sum())
+
+    def nc3_markdown(self) -> str:
+        return (f"The within-class spread is the larger source on {self.spread_dominates()} of these "
+                f"{len(self.nc3_split())} runs; on the others it is the asymmetry of the mean outputs.")
 
     def full_scale_markdown(self) -> str:
         """Whether the published full-scale runs have the bounds' columns, and their share if they do."""
@@ -246,6 +249,17 @@ class BoundsPage:
                      f"Table: NC1, its lower bound Φ and its upper bound at every settled weight-decay run (profile "
                      f"'{self.profile}'); dashes: f = 0; condition of Φ above {RELIABLE_CONDITION:.0e}: float64 "
                      "cannot resolve Φ.", precision=3)
+
+    def glue(self) -> None:
+        """Glue the page's counts and shares (for the tests), without displaying anything."""
+        from .display import glue_numbers
+
+        reliable = self.reliable
+        glue_numbers({"n_settled": len(self.every), "n_defined": len(self.defined), "n_reliable": len(reliable),
+                      "all_ordered": bool(self.ordered().all()),
+                      "share_min": float(reliable["share"].min()) if len(reliable) else float("nan"),
+                      "share_max": float(reliable["share"].max()) if len(reliable) else float("nan"),
+                      "nc3_runs": len(self.nc3_split()), "nc3_within_dominates": self.spread_dominates()})
 
 
 def bounds_page(profile: str, root: str = ".", full_scale_profile: str = "paper") -> BoundsPage:
