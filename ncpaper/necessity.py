@@ -252,6 +252,7 @@ class NecessityPage:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    @cached_property
     def moving_frame(self) -> pd.DataFrame:
         """Has lambda = 0 stopped moving? Per dataset (the main schedule), over the last decade of epochs: how many
         times its training loss and gradient norm fell, and how much sum_l ||W_l||^2 changed, mean (min-max) over
@@ -278,7 +279,7 @@ class NecessityPage:
 
     def moving_markdown(self) -> str:
         """What :meth:`moving_frame` says, in words."""
-        frame = self.moving_frame()
+        frame = self.moving_frame
         parts = []
         for _, row in frame.iterrows():
             loss = "still falls many-fold" if row["_loss"] > 10 else "still falls" if row["_loss"] > 1.1 else \
@@ -292,7 +293,7 @@ class NecessityPage:
     def moving_table(self):
         from .pages import table
 
-        return table(self.moving_frame().drop(columns=["_loss", "_weights"]),
+        return table(self.moving_frame.drop(columns=["_loss", "_weights"]),
                      "Table: λ = 0 over the last decade of epochs: how many times its training loss and gradient "
                      "norm fell, and how much the weights' size Σ‖W_l‖² changed; mean (min–max) over seeds.")
 

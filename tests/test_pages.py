@@ -226,7 +226,7 @@ def test_the_balance_table_gives_each_runs_ratios_at_the_last_iterate_and_after_
                          else None, "settle_gradient_2": 0.0})
     page = FigurePage("smoke", "mnist", 2, runs=[_Run()])
     page.__dict__["table"] = pd.DataFrame(rows)
-    frame = page.balance_frame()
+    frame = page.balance_frame
     assert list(frame["λ"]) == [0.01, 0.02]  # lambda = 0 has no balance to check
     assert list(frame["last iterate: ratios"]) == ["1.5–4", "0.9–2"]  # the last epoch's, not the first's
     assert list(frame["settled: largest |ratio − 1|"]) == pytest.approx([0.001, 0.001])
@@ -234,7 +234,8 @@ def test_the_balance_table_gives_each_runs_ratios_at_the_last_iterate_and_after_
     assert "below 0.01 in some runs and larger in others" in page.balance_markdown()
     assert "0.10%" in page.balance_table().text and "balance per weight-decay run" in page.balance_table().text
     page.__dict__["table"] = pd.DataFrame(rows).query("phase == 'train'")
-    assert page.balance_frame().empty and page.balance_markdown() == "" and page.balance_table() is None
+    page.__dict__.pop("balance_frame")  # computed once per page: drop it with the table it came from
+    assert page.balance_frame.empty and page.balance_markdown() == "" and page.balance_table() is None
 
 
 def test_the_takeaway_box_is_the_admonition_every_page_opens_with():

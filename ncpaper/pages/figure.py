@@ -154,14 +154,9 @@ class FigurePage:
     def criterion_table(self):
         """Per lambda at the last epoch: training error, NC1 and NC3 and how many times lower than without weight
         decay, our criterion's verdict (:func:`criterion_table`), and NC1's fall over the last quarter."""
-        from ..analysis import last_rows, training_rows
-
         frame = criterion_table(self.last, self.nc3_column)
-        train = training_rows(self.table)
-        earlier = last_rows(train[train["epoch"] <= 0.75 * self.runs[0].config.epochs])
-        if earlier["run_id"].nunique() == self.table["run_id"].nunique():
-            fall = earlier.groupby("weight_decay")["nc1"].mean() / self.last["nc1"]
-            frame.insert(len(frame.columns) - 1, "NC1 fall, last ¼", frame["λ"].map(fall))
+        if self.last_quarter_fall is not None:
+            frame.insert(len(frame.columns) - 1, "NC1 fall, last ¼", frame["λ"].map(self.last_quarter_fall))
         caption = (f"Table: {self.label} at the last epoch ({self.runs[0].config.epochs}), {self.over_seeds}: our "
                    f"criterion per weight decay. Ratio: the value without weight decay over the value with it (how "
                    f"many times lower); NC1 fall, last ¼: NC1 at 75% of the epochs over NC1 at the end (above 1: "
@@ -174,6 +169,18 @@ class FigurePage:
     def after_table(self):
         """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""
         return None if self.missing else after_interpolation_table(self.table, self.label)
+
+    @cached_property
+    def last_quarter_fall(self) -> pd.Series | None:
+        """Per lambda (seed means): NC1 at the last measurement within 75% of the epochs over NC1 at the end (above
+        1: still falling over the last quarter); None when a run has no measurement that early."""
+        from ..analysis import last_rows, training_rows
+
+        train = training_rows(self.table)
+        earlier = last_rows(train[train["epoch"] <= 0.75 * self.runs[0].config.epochs])
+        if earlier["run_id"].nunique() != self.table["run_id"].nunique():
+            return None
+        return earlier.groupby("weight_decay")["nc1"].mean() / self.last["nc1"]
 
     def headline(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
         """The page's takeaway in two or three lines: which lambdas meet our criterion (fits the training set,
@@ -201,7 +208,7 @@ class FigurePage:
     def takeaway(self, factor: float = COLLAPSE_FACTOR, max_train_error: float = TERMINAL_TRAIN_ERROR) -> str:
         """One paragraph on what to take from the figure, claiming no more than the measured numbers show; the
         numbers themselves are in :meth:`criterion_table` and :meth:`end_table`."""
-        from ..analysis import last_rows, training_rows
+        from ..analysis import training_rows
 
         last, nc3 = self.last, self.nc3_column
         zero = last.loc[0.0]
@@ -232,14 +239,12 @@ class FigurePage:
             parts.append(f"From λ = {min(unfit):g} on, more of the training set than our {max_train_error:.1%} "
                          f"threshold stays misclassified, so those runs are outside the terminal phase as we define "
                          f"it.")
-        epochs = self.runs[0].config.epochs
-        earlier = last_rows(train[train["epoch"] <= 0.75 * epochs]).groupby("weight_decay")["nc1"].mean()
-        if len(earlier) == len(last) and ratio:
-            fall = earlier / last["nc1"]
-            still = max(fall[w] for w in ratio)
+        if self.last_quarter_fall is not None and ratio:
+            still = max(self.last_quarter_fall[w] for w in ratio)
             if still > 1.5:
                 parts.append(f"NC1 was still falling over the last quarter of training with weight decay (up to "
-                             f"{still:.2g}-fold): the ratios are those at epoch {epochs}, not limits.")
+                             f"{still:.2g}-fold): the ratios are those at epoch {self.runs[0].config.epochs}, not "
+                             f"limits.")
         if "test_error" in last.columns and last["test_error"].notna().all() and ratio:
             errors = [last.loc[w, "test_error"] for w in ratio]
             way = ("lower with every weight decay than without" if max(errors) < zero["test_error"] else
@@ -248,6 +253,7 @@ class FigurePage:
             parts.append(f"Test error (in the table of every measure at the last epoch, below) is {way}.")
         return " ".join(parts)
 
+    @cached_property
     def balance_frame(self) -> pd.DataFrame:
         """Per weight-decay run: Lemma 2's balance ratios (lambda ||W_l||^2 over the fit term; 1 at a critical
         point) at SGD's last iterate and after settling, and the hidden layers' gradient after settling. Empty when
@@ -273,7 +279,7 @@ class FigurePage:
         return pd.DataFrame(rows)
 
     def balance_markdown(self) -> str:
-        frame = self.balance_frame()
+        frame = self.balance_frame
         if frame.empty:
             return ""
         gradient = frame.get("settled: hidden layers' gradient")
@@ -291,7 +297,7 @@ class FigurePage:
                 + still)
 
     def balance_table(self):
-        frame = self.balance_frame()
+        frame = self.balance_frame
         if frame.empty:
             return None
         caption = (f"Table: {self.label}, Lemma 2's balance per weight-decay run: every layer's ratio "
