@@ -68,7 +68,7 @@ def train_together(configs: list[RunConfig], train, epochs: int | None = None) -
         for start in range(0, n, config.batch_size):
             idx = order[start:start + config.batch_size]
             out = batched(params, buffers, x[idx])  # K x B x C
-            loss = batch_loss(out, targets[idx])  # the sum of the K networks' losses
+            loss = batch_loss(out, targets[idx], config.loss)  # the sum of the K networks' losses
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             with torch.no_grad():

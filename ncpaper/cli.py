@@ -13,7 +13,7 @@ from .models import MODELS
 from .profiles import all_configs, figure_configs, load_profile, profile_names
 from .results import MAX_THREADS, results_dir
 from .sweep import SweepError, run_sweep
-from .train import RunConfig, TrainingDivergedError
+from .train import LOSSES, RunConfig, TrainingDivergedError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,6 +100,11 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
                         "profile's device)")
     parser.add_argument("--precision", default=d.precision, choices=["float32", "bfloat16"],
                         help="bfloat16: forward pass under autocast (weights and measurements stay float32+)")
+    parser.add_argument("--init-scale", type=float, default=d.init_scale,
+                        help="every layer's default initialisation times this (the outputs start s^L times theirs)")
+    parser.add_argument("--loss", default=d.loss, choices=list(LOSSES),
+                        help="the data term: the slides' square loss, or the mean cross-entropy (same penalty "
+                             "lambda/2 sum ||W||^2; cross-entropy runs are not settled)")
 
 
 def _config(args, weight_decay: float, seed: int) -> RunConfig:
@@ -108,7 +113,8 @@ def _config(args, weight_decay: float, seed: int) -> RunConfig:
         "n_test_per_class": args.n_test_per_class, "input_pool": args.input_pool, "weight_decay": weight_decay,
         "lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
         "n_measurements": args.n_measurements, "seed": seed, "device": args.device or RunConfig().device,
-        "precision": args.precision})
+        "precision": args.precision, "init_scale": args.init_scale, "loss": args.loss,
+        "settle": args.loss == "square"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,8 +35,8 @@ from .metrics import (
 )
 from .models import weight_matrices
 
-__all__ = ["KEEP_FEATURES_BYTES", "LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "data_term_gradients",
-           "evaluate", "gradient_norms", "measure", "square_loss"]
+__all__ = ["KEEP_FEATURES_BYTES", "LAYER_KEYS", "TEST_NC_KEYS", "TrainingDivergedError", "data_term",
+           "data_term_gradients", "evaluate", "gradient_norms", "measure", "negative_output_gradient", "square_loss"]
 
 # Pass 2 replays pass 1's float64 features and outputs when a split's take at most this much memory.
 KEEP_FEATURES_BYTES = 256 * 2**20
@@ -67,6 +67,26 @@ def square_loss(outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "m
     residual[torch.arange(len(labels), device=labels.device), labels] -= 1
     total = residual.pow(2).sum() / 2
     return total / outputs.shape[0] if reduction == "mean" else total
+
+
+def data_term(outputs: torch.Tensor, labels: torch.Tensor, loss: str = "square", reduction: str = "mean"
+              ) -> torch.Tensor:
+    """A run's data term: :func:`square_loss` (``loss="square"``) or the cross-entropy -log softmax(f)_{y},
+    as the mean over examples (``reduction="sum"``: the sum)."""
+    if loss == "square":
+        return square_loss(outputs, labels, reduction)
+    if loss != "cross_entropy":
+        raise ValueError(f"loss must be 'square' or 'cross_entropy', got {loss!r}")
+    total = torch.nn.functional.cross_entropy(outputs, labels, reduction="sum")
+    return total / outputs.shape[0] if reduction == "mean" else total
+
+
+def negative_output_gradient(outputs: torch.Tensor, onehot: torch.Tensor, loss: str = "square") -> torch.Tensor:
+    """r_i = -d loss_i / d f_i per example: y_i - f_i for the square loss (the residual), y_i - softmax(f_i) for
+    cross-entropy. By homogeneity, at a critical point lambda ||W_k||^2 = (1/NC) sum_i <r_i, f_i> for every k."""
+    if loss == "square":
+        return onehot - outputs
+    return onehot - torch.softmax(outputs, dim=1)
 
 
 class _Moments:
@@ -133,8 +153,10 @@ def _forward(model, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     return [h.double() for h in layers], f
 
 
-def data_term_gradients(model, split: data_module.LabelledImages, batch_size: int = 4096) -> list[torch.Tensor]:
-    """d/dW_l of the slides' data term 1/(2NC) sum_i ||y_i - f(x_i)||^2 over the whole ``split``, every layer l.
+def data_term_gradients(model, split: data_module.LabelledImages, batch_size: int = 4096, loss: str = "square"
+                        ) -> list[torch.Tensor]:
+    """d/dW_l of the data term over the whole ``split``, every layer l: the slides' 1/(2NC) sum_i
+    ||y_i - f(x_i)||^2, or the mean cross-entropy for ``loss="cross_entropy"`` (:func:`data_term`).
 
     The network runs in its own dtype (a float64 copy gives float64 gradients); the batches' gradients are
     summed in float64. Returned in layer order, float64, on the network's device.
@@ -145,13 +167,14 @@ def data_term_gradients(model, split: data_module.LabelledImages, batch_size: in
     n = len(split.y)
     with torch.enable_grad():
         for xb, yb in _batches(split, batch_size, device):
-            term = square_loss(model(xb.to(dtype)), yb, reduction="sum") / n
+            term = data_term(model(xb.to(dtype)), yb, loss, reduction="sum") / n
             for total, g in zip(grads, torch.autograd.grad(term, params), strict=True):
                 total += g.double()
     return grads
 
 
-def gradient_norms(model, split: data_module.LabelledImages, weight_decay: float, batch_size: int = 4096) -> dict:
+def gradient_norms(model, split: data_module.LabelledImages, weight_decay: float, batch_size: int = 4096,
+                   loss: str = "square") -> dict:
     """How fast the slides' objective J still moves: full-batch gradient norms and the weights' size.
 
     ``grad_norm`` = ||grad J||_F over all layers (J = data term + lambda/2 sum_l ||W_l||^2; 0 at a critical
@@ -159,7 +182,7 @@ def gradient_norms(model, split: data_module.LabelledImages, weight_decay: float
     ``weight_norm_sq`` = sum_l ||W_l||_F^2. The network runs in its training dtype (float32: a relative floor
     near 1e-7 of ||lambda W|| for ``grad_norm`` with lambda > 0), summed in float64.
     """
-    grads = data_term_gradients(model, split, batch_size)
+    grads = data_term_gradients(model, split, batch_size, loss)
     weights = [w.detach().double() for _, w in weight_matrices(model)]
     data = sum(float(g.pow(2).sum()) for g in grads)
     total = sum(float((g + weight_decay * w).pow(2).sum()) for g, w in zip(grads, weights, strict=True))
@@ -177,9 +200,13 @@ def _require_complete(stats: ClassStatistics, split: str) -> None:
 
 @torch.no_grad()
 def measure(model, train: data_module.LabelledImages, test: data_module.LabelledImages | None,
-            weight_decay: float, batch_size: int = 4096) -> dict:
+            weight_decay: float, batch_size: int = 4096, loss: str = "square") -> dict:
     """Losses, errors, eps, output spread, Lemma 2's balance, the critical-point residual, NC at every layer
-    on the training set, and (with ``test``) the test loss, error and NC on the test set."""
+    on the training set, and (with ``test``) the test loss, error and NC on the test set.
+
+    ``loss``: the run's data term (:func:`data_term`); ``train_loss``, ``test_loss``, the objective, the gradient
+    norms, the fit term and the critical-point residual are those of that loss (r_i = y_i - f_i for the square
+    loss, y_i - softmax(f_i) for cross-entropy: :func:`negative_output_gradient`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -197,9 +224,9 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
         for layer_stats, h in zip(stats, layers, strict=True):
             layer_stats.update(h, yb)
         onehot = torch.nn.functional.one_hot(yb, c).bool()
-        residual = onehot.double() - f
-        sums += torch.stack([residual.pow(2).sum() / 2, (f.argmax(1) != yb).sum().double(), (residual * f).sum(),
-                             f.sum()])
+        residual = negative_output_gradient(f, onehot.double(), loss)
+        term = residual.pow(2).sum() / 2 if loss == "square" else data_term(f, yb, loss, reduction="sum")
+        sums += torch.stack([term, (f.argmax(1) != yb).sum().double(), (residual * f).sum(), f.sum()])
         on.update(f[onehot])
         off.update(f[~onehot])
         residual_features += residual.T @ layers[-1]
@@ -214,13 +241,13 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
             span.update(h, yb)
             disagreements[k] += (nearest_class_centre(h, stats[k].means) != decision).sum()
 
-    loss, errors, fit, output_sum = sums.tolist()
+    term_sum, errors, fit, output_sum = sums.tolist()
     norms = {f"layer_norm_sq_{k}": float(p.detach().double().pow(2).sum())
              for k, (_, p) in enumerate(weight_matrices(model), start=1)}
     fit_term = fit / n
     row = {
-        "train_loss": loss / n,
-        "train_objective": loss / n + weight_decay / 2 * sum(norms.values()),
+        "train_loss": term_sum / n,
+        "train_objective": term_sum / n + weight_decay / 2 * sum(norms.values()),
         "train_error": errors / n,
         "eps": 1 - on.mean,  # 1 - mean_i f_{y_i}(x_i)
         "off_class_mean": off.mean,  # mean of f_c(x_i) over c != y_i: eps/(C-1) under symmetry
@@ -231,7 +258,7 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
         "w_row_norm_sq": float(w.pow(2).sum(1).mean()),
     }
     row.update(norms)
-    row.update(gradient_norms(model, train, weight_decay, batch_size))
+    row.update(gradient_norms(model, train, weight_decay, batch_size, loss))
     for k, norm in enumerate(norms.values(), start=1):  # Lemma 2: lambda ||W_k||^2 = fit_term at a critical point
         row[f"balance_{k}"] = weight_decay * norm / fit_term if weight_decay > 0 and fit_term > 0 else math.nan
     # stationarity in W_L: lambda W_L = (1/n) sum_i r_i h_i^T at a critical point
@@ -248,7 +275,7 @@ def measure(model, train: data_module.LabelledImages, test: data_module.Labelled
             values = dict.fromkeys(LAYER_KEYS, math.nan)
         row.update({f"{key}_layer_{k}": values[key] for key in LAYER_KEYS})
     if test is not None:
-        row.update(_test_collapse(model, test, last, batch_size, device))
+        row.update(_test_collapse(model, test, last, batch_size, device, loss))
     model.train(was_training)
     return row
 
@@ -271,11 +298,11 @@ def _last_layer_collapse(stats: ClassStatistics, span: SpanScatter, w: torch.Ten
 
 
 def _test_collapse(model, test: data_module.LabelledImages, train_stats: ClassStatistics, batch_size: int,
-                   device) -> dict:
+                   device, loss: str = "square") -> dict:
     """Test loss and error; NC on the test set with its own class means; the NCC error with the training means."""
     c, n = model.num_classes, len(test.y)
     stats = ClassStatistics(c, model.feature_dim, device=device)
-    loss, errors = 0.0, 0
+    total, errors = 0.0, 0
 
     def last_layer(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = model.features(x)
@@ -283,7 +310,7 @@ def _test_collapse(model, test: data_module.LabelledImages, train_stats: ClassSt
 
     passes = _TwoPasses(last_layer, test, batch_size, device, model.feature_dim + c)
     for h, f, yb in passes:
-        loss += square_loss(f, yb, reduction="sum").item()
+        total += data_term(f, yb, loss, reduction="sum").item()
         errors += int((f.argmax(1) != yb).sum())
         stats.update(h, yb)
     _require_complete(stats, "test")
@@ -294,7 +321,7 @@ def _test_collapse(model, test: data_module.LabelledImages, train_stats: ClassSt
         span.update(h, yb)
         mismatches += int((nearest_class_centre(h, stats.means) != decision).sum())
         ncc_errors += int((nearest_class_centre(h, train_stats.means) != yb).sum())
-    row = {"test_loss": loss / n, "test_error": errors / n}
+    row = {"test_loss": total / n, "test_error": errors / n}
     try:
         values = means_collapse(stats, span)
         row.update({"test_nc1": values["nc1"], "test_nc2_equinorm_means": values["nc2_equinorm_means"],

@@ -16,7 +16,7 @@ from .train import RunConfig
 __all__ = ["SECTIONS", "all_configs", "figure_configs", "horizon_configs", "load_profile", "phase_configs",
            "profile_names", "section_configs"]
 
-SECTIONS = ("figures", "phase", "horizon")
+SECTIONS = ("figures", "phase", "horizon", "alternatives")
 
 
 def _profiles() -> dict:

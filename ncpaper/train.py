@@ -25,13 +25,18 @@ from .measure import TrainingDivergedError, measure, square_loss
 from .models import MODELS, BiasFreeMLP, make_model, weight_matrices
 from .settle import readout_decomposition, settle, stationarity
 
-__all__ = ["RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "mse_equivalent",
+__all__ = ["LOSSES", "RunConfig", "TrainingDivergedError", "fit", "measure", "measurement_epochs", "mse_equivalent",
            "slides_from_mse", "square_loss"]
 
 
 # Fields added after the first results were cached: left out of RunConfig.to_dict (and so of the
 # cache key) while at these defaults, so that those results stay valid.
-_LATER_FIELDS = {"precision": "float32", "input_pool": 1}
+_LATER_FIELDS = {"precision": "float32", "input_pool": 1, "init_scale": 1.0, "loss": "square"}
+
+# The data terms a run can minimise (both with the same penalty lambda/2 sum_k ||W_k||_F^2):
+# "square": the slides' 1/(2NC) sum ||y - f||^2; "cross_entropy": the mean over examples of
+# -log softmax(f)_{y} (``nn.CrossEntropyLoss``'s units).
+LOSSES = ("square", "cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ class RunConfig:
     # Weight-decay runs only: after training, move the network to a critical point of the same
     # objective (ncpaper.settle) and record it as an extra row with phase "settled".
     settle: bool = True
+    # Every layer's default initialisation multiplied by init_scale (1: PyTorch's, or He's for a ConvNet with
+    # init "he"): W_k -> s W_k, so a network homogeneous of degree L starts at s^L times its default outputs.
+    init_scale: float = 1.0
+    loss: str = "square"  # one of LOSSES
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
@@ -114,6 +123,13 @@ class RunConfig:
             problems.append(str(err))
         if not isinstance(self.settle, bool):
             problems.append(f"settle must be true or false, got {self.settle!r}")
+        if not (isinstance(self.init_scale, int | float) and math.isfinite(self.init_scale) and self.init_scale > 0):
+            problems.append(f"init_scale must be a positive number, got {self.init_scale!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        elif self.loss != "square" and self.settle and self.weight_decay > 0:
+            problems.append("settling (settle: true) finds critical points of the square loss's objective; "
+                            f"set settle to false for loss {self.loss!r}")
         if self.precision not in ("float32", "bfloat16"):
             problems.append(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
@@ -131,7 +147,10 @@ class RunConfig:
         return (f"{self.dataset}/{self.model} lambda={self.weight_decay:g} seed={self.seed} "
                 f"n={self.n_per_class}/class epochs={self.epochs}"
                 + (f" pooled {self.input_pool}x{self.input_pool}" if self.input_pool > 1 else "")
-                + (f" {self.precision}" if self.precision != "float32" else ""))
+                + (f" {self.precision}" if self.precision != "float32" else "")
+                + (f" init x{self.init_scale:g}" if self.init_scale != 1 else "")
+                + (f" lr={self.lr:g}" if self.init_scale != 1 or self.loss != "square" else "")
+                + (f" {self.loss.replace('_', '-')}" if self.loss != "square" else ""))
 
     def load_data(self, split: str, root=None) -> data_module.LabelledImages | None:
         """This run's ``split`` ("train" or "test"): balanced, pooled as configured (None: no test split)."""
@@ -151,7 +170,17 @@ def initial_model(config: RunConfig, train: data_module.LabelledImages) -> torch
     """The network of ``config`` at initialisation (seeded by ``config.seed``), on its device."""
     torch.manual_seed(config.seed)
     model = make_model(config.model, train.input_shape, train.num_classes, **config.sizes)
+    if config.init_scale != 1:
+        scale_weights(model, config.init_scale)
     return model.to(torch.device(config.device))
+
+
+@torch.no_grad()
+def scale_weights(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+    """Multiply every layer W_1 .. W_L by ``scale`` in place; a bias-free ReLU network's outputs scale by scale^L."""
+    for _, weight in weight_matrices(model):
+        weight.mul_(scale)
+    return model
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
@@ -173,37 +202,51 @@ def sgd(parameters, config: RunConfig) -> torch.optim.SGD:
 
 
 def sgd_step(model, optimizer: torch.optim.Optimizer, x: torch.Tensor, targets: torch.Tensor,
-             autocast=None, by_hand: bool | None = None) -> torch.Tensor:
+             autocast=None, by_hand: bool | None = None, loss: str = "square") -> torch.Tensor:
     """One step of training on the batch (``x``, one-hot ``targets``): the forward pass under ``autocast`` (if given),
-    the slides' data term (:func:`batch_loss`), its gradient, the optimiser's step. Returns the batch loss
+    the data term ``loss`` (:func:`batch_loss`), its gradient, the optimiser's step. Returns the batch loss
     (detached).
 
     ``by_hand`` (default: for a bias-free MLP on the CPU in float32) takes the gradient with
-    :func:`mlp_backward` instead of autograd: the same weights bit for bit, fewer overheads per step.
+    :func:`mlp_backward` instead of autograd: for the square loss the same weights bit for bit, fewer
+    overheads per step.
     """
     if by_hand is None:
         by_hand = type(model) is BiasFreeMLP and x.device.type == "cpu" and autocast is None
     if by_hand:
-        loss = mlp_backward(model, x, targets)
+        value = mlp_backward(model, x, targets, loss)
     else:
         with autocast or contextlib.nullcontext():
             out = model(x)
-        loss = batch_loss(out, targets)
+        value = batch_loss(out, targets, loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
     optimizer.step()
-    return loss.detach()
+    return value.detach()
+
+
+def output_gradient(outputs: torch.Tensor, targets: torch.Tensor, loss: str = "square") -> torch.Tensor:
+    """d(batch data term)/d f for a batch of B examples: (f - y)/B for the square loss, (softmax(f) - y)/B for
+    cross-entropy (one-hot ``targets``, B x C)."""
+    scale = 1.0 / targets.shape[0]
+    if loss == "square":
+        return (outputs - targets) * scale
+    if loss == "cross_entropy":
+        return (torch.softmax(outputs, dim=-1) - targets) * scale
+    raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
 
 
 @torch.no_grad()
-def mlp_backward(model: BiasFreeMLP, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def mlp_backward(model: BiasFreeMLP, x: torch.Tensor, targets: torch.Tensor, loss: str = "square") -> torch.Tensor:
     """Set each W_l.grad of a bias-free MLP to the gradient of the batch data term; return the term.
 
-    Forward: h_0 = x flattened, h_l = s(h_{l-1} W_l^T), f = h_{L-1} W_L^T. With r = (f - y)/B
-    (the gradient of :func:`batch_loss`, 1/(2B) sum ||y - f||^2, in f), backward:
+    Forward: h_0 = x flattened, h_l = s(h_{l-1} W_l^T), f = h_{L-1} W_L^T. With r = d(term)/d f
+    (:func:`output_gradient`: (f - y)/B for :func:`batch_loss`'s square loss 1/(2B) sum ||y - f||^2,
+    (softmax(f) - y)/B for its cross-entropy), backward:
     grad W_l = d_l^T h_{l-1}, d_L = r, d_{l-1} = (d_l W_l) masked where h_{l-1} = 0.
-    These are the matrix products autograd performs, in its order, without building its graph:
-    the same gradients bit for bit (a test), 1.1-1.5x faster steps at the phase diagrams' batch of 32.
+    These are the matrix products autograd performs, in its order, without building its graph: for the
+    square loss the same gradients bit for bit (a test), 1.1-1.5x faster steps at the phase diagrams'
+    batch of 32; for cross-entropy equal to autograd's up to rounding (a test).
     """
     if not isinstance(model, BiasFreeMLP):
         raise TypeError(f"the hand-written gradient is for a bias-free MLP, not {type(model).__name__}: "
@@ -212,23 +255,33 @@ def mlp_backward(model: BiasFreeMLP, x: torch.Tensor, targets: torch.Tensor) -> 
     hidden = [x.flatten(1)]
     for weight in weights[:-1]:
         hidden.append(torch.relu(hidden[-1] @ weight.T))
-    residual = hidden[-1] @ weights[-1].T - targets
-    loss = residual.pow(2).sum() * (0.5 / targets.shape[0])
-    delta = residual * (1.0 / targets.shape[0])
+    outputs = hidden[-1] @ weights[-1].T
+    if loss == "square":
+        residual = outputs - targets
+        value = residual.pow(2).sum() * (0.5 / targets.shape[0])
+        delta = residual * (1.0 / targets.shape[0])
+    else:
+        value = batch_loss(outputs, targets, loss)
+        delta = output_gradient(outputs, targets, loss)
     for layer in range(len(weights) - 1, -1, -1):
         weights[layer].grad = delta.T @ hidden[layer]
         if layer:
             delta = torch.ops.aten.threshold_backward(delta @ weights[layer], hidden[layer], 0)
-    return loss
+    return value
 
 
-def batch_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1/(2B) sum_i ||y_i - f_i||^2 over a batch of B examples with one-hot ``targets`` (B x C).
+def batch_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str = "square") -> torch.Tensor:
+    """The data term on a batch of B examples with one-hot ``targets`` (B x C).
 
-    The slides' data term on the batch (half the mean over its examples). ``outputs`` may carry
-    leading dimensions (K stacked networks): their losses are summed.
+    ``"square"``: 1/(2B) sum_i ||y_i - f_i||^2, the slides' data term on the batch (half the mean over its
+    examples). ``"cross_entropy"``: (1/B) sum_i -log softmax(f_i)_{y_i}. ``outputs`` may carry leading
+    dimensions (K stacked networks): their losses are summed.
     """
-    return (outputs.float() - targets).pow(2).sum() * (0.5 / targets.shape[0])
+    if loss == "square":
+        return (outputs.float() - targets).pow(2).sum() * (0.5 / targets.shape[0])
+    if loss == "cross_entropy":
+        return -(torch.log_softmax(outputs.float(), dim=-1) * targets).sum() * (1.0 / targets.shape[0])
+    raise ValueError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
 
 
 def mse_equivalent(lr: float, weight_decay: float, num_classes: int) -> dict:
@@ -317,7 +370,8 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
         total = torch.zeros((), device=device)
         for start in range(0, n, config.batch_size):
             stop = min(start + config.batch_size, n)
-            loss = sgd_step(model, optimizer, shuffled_x[start:stop], shuffled_targets[start:stop], autocast)
+            loss = sgd_step(model, optimizer, shuffled_x[start:stop], shuffled_targets[start:stop], autocast,
+                            loss=config.loss)
             total += loss * (stop - start)
         scheduler.step()
         train_seconds += time.perf_counter() - tic
@@ -327,7 +381,7 @@ def fit(config: RunConfig, train=None, test=None, progress: bool = False, resume
         if epoch in to_measure:
             tic = time.perf_counter()
             try:
-                row = measure(model, train, test, config.weight_decay)
+                row = measure(model, train, test, config.weight_decay, loss=config.loss)
             except TrainingDivergedError as err:  # NaN or infinite features
                 raise _diverged(config, epoch, str(err)) from None
             measure_seconds += time.perf_counter() - tic
