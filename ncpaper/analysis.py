@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["TERMINAL_TRAIN_ERROR", "after_interpolation", "collapse_onset", "first_error_free_epoch",
+__all__ = ["TERMINAL_TRAIN_ERROR", "after_interpolation", "collapse_onset", "collapse_time", "first_error_free_epoch",
            "fit_breakdown", "interpolation_epoch", "last_rows", "late_slope", "provenance_table", "seed_summary",
            "settled_rows", "training_rows"]
 
@@ -93,6 +93,22 @@ def interpolation_epoch(run: pd.DataFrame, max_error: float = TERMINAL_TRAIN_ERR
     if above[-1]:
         return math.nan
     start = int(np.flatnonzero(above)[-1]) + 1 if above.any() else 0
+    return float(rows["epoch"].iloc[start])
+
+
+def collapse_time(run: pd.DataFrame, column: str = "nc1", within: float = 2.0) -> float:
+    """The first measured epoch from which ``column`` stays within ``within`` times its final value (above and
+    below) at every later measured epoch: when it has (nearly) stopped moving. Rows of one run; "settled" rows
+    are ignored; nan if the final value is not positive and finite."""
+    if not within > 1:
+        raise ValueError(f"within must be > 1, got {within!r}")
+    rows = _one_run(run)
+    values = rows[column].to_numpy(float)
+    final = values[-1]
+    if not (math.isfinite(final) and final > 0):
+        return math.nan
+    outside = ~((values <= within * final) & (values >= final / within))  # NaN counts as outside
+    start = int(np.flatnonzero(outside)[-1]) + 1 if outside.any() else 0
     return float(rows["epoch"].iloc[start])
 
 

@@ -1,12 +1,14 @@
 """Is weight decay necessary for Neural Collapse? The paper's central claim, judged on long runs.
 
-The question is asked *after interpolation*: Lemma 1 says that without weight decay the loss can still fall
-once the network fits its training set, while the theorem's collapse is a property of weight decay's critical
-points. So for every run we take t* (the first measured epoch from which the training error stays at most
-0.2%, :func:`ncpaper.analysis.interpolation_epoch`), how far each quantity falls after it, and its late slope
+The question is asked *after interpolation*: the theorem's collapse is a property of weight decay's critical points,
+while Lemma 1 says only that, without weight decay, Neural Collapse solutions do not interpolate (it says nothing
+about training dynamics; with the square loss the minimum is reached at finite weights). So for every run we take t*
+(the first measured epoch from which the training error stays at most 0.2%,
+:func:`ncpaper.analysis.interpolation_epoch`), how far each quantity falls after it, and its late slope
 d log q / d log t over the last decade of epochs. :func:`verdict` turns those into "yes", "no" or "not decided
 by these runs" for one quantity, with the numbers that decide it; :class:`NecessityPage` reads the published
 ``horizon`` runs (3,000 epochs, two learning-rate schedules, 3 seeds) and builds the page from them.
+:func:`travel_bound` and :func:`float32_loss_floor` say whether a run without weight decay still moves at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pandas as pd
 
 from .analysis import TERMINAL_TRAIN_ERROR, after_interpolation, training_rows
 
-__all__ = ["QUANTITIES", "SCHEDULES", "NecessityPage", "Verdict", "necessity_page", "spread", "verdict"]
+__all__ = ["QUANTITIES", "SCHEDULES", "NecessityPage", "Verdict", "float32_loss_floor", "necessity_page", "spread",
+           "travel_bound", "verdict"]
 
 # The quantities judged, as the book names them: the class means' NC1, the centred classifier's NC3, NC4.
 QUANTITIES = {"nc1": "NC1", "nc3_centred": "NC3 (W centred)", "nc4": "NC4"}
@@ -34,6 +37,10 @@ FLOORS = {"nc4": TERMINAL_TRAIN_ERROR}
 # and its late rate to need more than REACH times the horizon's epochs to close that gap.
 COLLAPSE_FACTOR = 5.0
 REACH = 10.0
+# "Converged" (NecessityPage.converged): the training loss within this factor of the float32 floor, and the weights
+# able to move less than TRAVEL of their norm in as many epochs again.
+LOSS_FLOOR_FACTOR = 100.0
+TRAVEL = 0.01
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,32 @@ def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, r
     pace = (f"it has stopped falling (late slope {s:+.2g}), so the gap never closes" if not math.isfinite(close)
             else f"at its late slope ({s:.2f}) closing it would take until epoch {close:.2g}")
     return Verdict("yes", f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds) and {pace}", **numbers)
+
+
+def float32_loss_floor(num_classes: int, width: int) -> float:
+    """The square loss at which the residuals are float32's rounding of the outputs: (C/2) (sqrt(p) u)^2.
+
+    A float32 output f_c ~ 1 is a sum of p (the last hidden width) rounded products, whose rounding error grows like
+    sqrt(p) u with u = 2^-24; a residual y - f of that size in each of the C outputs gives this loss (half the sum over
+    outputs, as :func:`ncpaper.measure.square_loss`). A training loss near it cannot fall further in float32.
+    """
+    u = 2.0 ** -24
+    return num_classes / 2 * width * u * u
+
+
+def travel_bound(epochs, grad_norms, lrs, steps_per_epoch: int, momentum: float) -> float:
+    """How far SGD with momentum can move the weights between the first and last of ``epochs``, at most:
+    sum over measured intervals of steps x eta/(1 - momentum) x the larger full-batch ||grad J|| at its ends.
+
+    eta/(1 - momentum) is the heavy ball's step per unit gradient once its velocity has built up. Not a strict bound:
+    SGD steps on minibatch gradients, which near interpolation are of the full-batch gradient's order, and the
+    gradient between two measurements is taken to be at most the larger of its measured values."""
+    epochs, grads, rates = (pd.Series(list(v), dtype=float) for v in (epochs, grad_norms, lrs))
+    total = 0.0
+    for k in range(1, len(epochs)):
+        steps = (epochs[k] - epochs[k - 1]) * steps_per_epoch
+        total += steps * rates[k] / (1 - momentum) * max(grads[k], grads[k - 1])
+    return total
 
 
 def combined(answers) -> str:
@@ -290,6 +323,119 @@ class NecessityPage:
                          f"weights' size $\\sum_l\\lVert W_l\\rVert^2$ {weights}.")
         return " ".join(parts)
 
+    @cached_property
+    def travel_frame(self) -> pd.DataFrame:
+        """Has lambda = 0 converged? Per dataset and seed (the main schedule): the training loss at the end against
+        :func:`float32_loss_floor`, and how far the weights could move (:func:`travel_bound`, relative to ||W||)
+        over the last decade of epochs and over as many epochs again at the final gradient."""
+        rows = []
+        train = training_rows(self.table)
+        for run in self.runs:
+            c = run.config
+            if c.weight_decay != 0 or ("constant" if not c.lr_milestones else "schedule") != self.main_schedule:
+                continue
+            r = train[train["run_id"] == run.meta["key"]].sort_values("epoch")
+            last = float(r["epoch"].iloc[-1])
+            late = r[r["epoch"] >= last / 10]
+            steps = -(-int(sum(run.meta["data"]["train"]["class_counts"])) // c.batch_size)
+            norm = math.sqrt(float(r["weight_norm_sq"].iloc[-1]))
+            floor = float32_loss_floor(run.meta["num_classes"], c.sizes.get("widths", [c.sizes.get("fc_width")])[-1])
+            past = travel_bound(late["epoch"], late["grad_norm"], late["lr"], steps, c.momentum)
+            ahead = last * steps * float(r["lr"].iloc[-1]) / (1 - c.momentum) * float(r["grad_norm"].iloc[-1])
+            rows.append({"dataset": c.dataset, "seed": c.seed, "last_epoch": last,
+                         "loss": float(r["train_loss"].iloc[-1]), "floor": floor,
+                         "loss_over_floor": float(r["train_loss"].iloc[-1]) / floor,
+                         "past_travel": past / norm, "ahead_travel": ahead / norm,
+                         "weight_change": abs(float(late["weight_norm_sq"].iloc[-1] / late["weight_norm_sq"].iloc[0])
+                                              - 1)})
+        return pd.DataFrame(rows)
+
+    def converged(self, dataset: str, loss_factor: float = LOSS_FLOOR_FACTOR, travel: float = TRAVEL) -> bool:
+        """lambda = 0 has converged on ``dataset``: on every seed the loss is within ``loss_factor`` of the float32
+        floor (100: residuals within 10 roundings of the outputs) and the weights could move less than ``travel`` (1%)
+        of their norm in as many epochs again at the final gradient."""
+        rows = self.travel_frame[self.travel_frame["dataset"] == dataset]
+        return bool(len(rows) and (rows["loss_over_floor"] <= loss_factor).all()
+                    and (rows["ahead_travel"] < travel).all())
+
+    def travel_table(self):
+        from .pages import table
+
+        rows = []
+        for dataset, g in self.travel_frame.groupby("dataset", sort=False):
+            rows.append({"verdict": "converged" if self.converged(dataset) else "still moving",
+                         "data": DATASET_NAMES.get(dataset, dataset), "schedule": SCHEDULES[self.main_schedule],
+                         "loss at the end": spread(g["loss"], 2), "float32 floor": f"{g['floor'].iloc[0]:.2g}",
+                         "loss / floor": spread(g["loss_over_floor"], 2),
+                         "could move, last decade": spread(100 * g["past_travel"], 2) + "%",
+                         "could move, as long again": spread(100 * g["ahead_travel"], 2) + "%",
+                         "Σ‖W_l‖² changed": spread(100 * g["weight_change"], 2) + "%"})
+        return table(pd.DataFrame(rows),
+                     "Table: has λ = 0 converged? Per dataset, mean (min–max) over seeds: the training loss at the "
+                     "last epoch and the float32 floor (C/2)(√p u)², u = 2⁻²⁴, p the last hidden width; how far the "
+                     "weights could have moved over the last decade of epochs and could move over as many epochs "
+                     "again at the final gradient (steps × η/(1 − momentum) × the full-batch ‖∇J‖, relative to "
+                     "‖W‖); how much Σ‖W_l‖² changed over the last decade.")
+
+    def converged_markdown(self) -> str:
+        """The answer to "has training without weight decay stopped moving?", with the numbers."""
+        parts = []
+        for dataset, g in self.travel_frame.groupby("dataset", sort=False):
+            name = DATASET_NAMES.get(dataset, dataset)
+            if self.converged(dataset):
+                parts.append(f"**{name}: converged.** Its training loss ends at {spread(g['loss_over_floor'], 2)} "
+                             f"times the float32 floor (at most {LOSS_FLOOR_FACTOR:g}: residuals within "
+                             f"{math.sqrt(LOSS_FLOOR_FACTOR):g} roundings of the outputs), and at "
+                             f"its final gradient another {g['last_epoch'].max():,.0f} epochs could move the weights "
+                             f"by at most {spread(100 * g['ahead_travel'], 2)}% of their norm.")
+            else:
+                parts.append(f"**{name}: still moving.** Its training loss ends at {spread(g['loss_over_floor'], 2)} "
+                             f"times the float32 floor, and at its final gradient another "
+                             f"{g['last_epoch'].max():,.0f} epochs could move the weights by up to "
+                             f"{spread(100 * g['ahead_travel'], 2)}% of their norm.")
+        return " ".join(parts)
+
+    def shared_trajectory(self) -> pd.DataFrame:
+        """lambda = 0 with the rate cut and at a constant rate: per dataset and seed, the largest relative difference
+        of NC1 and the training loss between the two runs at the epochs before the cut (0: the same trajectory)."""
+        rows = []
+        train = training_rows(self.table)
+        zero = train[train["weight_decay"] == 0]
+        for (dataset, seed), g in zero.groupby(["dataset", "seed"], sort=False):
+            if set(g["schedule"]) != set(SCHEDULES):
+                continue
+            cut = g.loc[g["schedule"] == "schedule"].sort_values("epoch")
+            before = cut[cut["lr"] == cut["lr"].iloc[0]]["epoch"]
+            pairs = g[g["epoch"].isin(before.iloc[:-1])].pivot_table(index="epoch", columns="schedule",
+                                                                     values=["nc1", "train_loss"])
+            diff = max(float(((pairs[(q, "schedule")] - pairs[(q, "constant")]).abs()
+                              / pairs[(q, "constant")].abs()).max()) for q in ("nc1", "train_loss"))
+            rows.append({"dataset": dataset, "seed": seed, "until_epoch": float(before.iloc[-2]),
+                         "max_relative_difference": diff})
+        return pd.DataFrame(rows)
+
+    def trajectories_markdown(self) -> str:
+        """The two schedules' lambda = 0 runs are one trajectory until the rate cut: what their agreement is worth."""
+        shared = self.shared_trajectory()
+        if shared.empty:
+            return ""
+        same = bool((shared["max_relative_difference"] == 0).all())
+        until = f"{shared['until_epoch'].min():,.0f}"
+        return ((f"The two schedules' λ = 0 runs of one seed are the same trajectory until the rate cut (identical at "
+                 f"every measured epoch up to {until}): their agreement is not independent evidence, so each "
+                 f"dataset has {self.trajectories()} independent trajectories without weight decay (one per seed), "
+                 f"not {self.trajectories() * len(self.schedules)}.") if same else
+                f"The two schedules' λ = 0 runs already differ before the rate cut (up to "
+                f"{shared['max_relative_difference'].max():.2g} relative by epoch {until}).")
+
+    def trajectories(self) -> int:
+        """Independent lambda = 0 trajectories per dataset: the two schedules share theirs until the rate cut."""
+        shared = self.shared_trajectory()
+        seeds = self.after[self.after["weight_decay"] == 0].groupby("dataset")["seed"].nunique()
+        same = bool(len(shared)) and bool((shared["max_relative_difference"] == 0).all())
+        per = int(seeds.min()) if same else int(seeds.min()) * len(self.schedules)
+        return per
+
     def moving_table(self):
         from .pages import table
 
@@ -382,7 +528,7 @@ class NecessityPage:
         """Glue the answers (for the introduction and the tests), without displaying anything."""
         from myst_nb import glue
 
-        glue("necessity_one_line", self.one_line(), display=False)
+        glue("necessity_horizon_one_line", self.one_line(), display=False)
         glue("necessity_key_figure", self.key_files.html(figures="figures"), display=False)  # for book/intro.md
         glue("necessity_headline", self.headline(), display=False)
         c = self.runs[0].config

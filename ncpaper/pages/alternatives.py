@@ -1,0 +1,429 @@
+"""The necessity page's answer per alternative: the ``alternatives`` runs against the ``horizon`` runs' answer.
+
+:class:`AlternativesPage` reads both published profiles (never trains), compares lambda = 0 with lambda > 0 under
+each knob setting (:mod:`ncpaper.alternatives`), and builds the answer table, the restated one-line answer, the
+knob figure, the collapse-time figure and square loss beside cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+import pandas as pd
+
+from ..alternatives import (
+    ARMS,
+    COLLAPSE_WITHIN,
+    DEFAULT_SETTING,
+    MEASURES,
+    Comparison,
+    collapse_slope,
+    collapse_times,
+    comparisons,
+    knob_frame,
+    measure_answer,
+    small_lambda_frame,
+)
+from ..analysis import TERMINAL_TRAIN_ERROR
+from ..necessity import COLLAPSE_FACTOR, DATASET_NAMES, REACH
+
+__all__ = ["AlternativesPage", "alternatives_page", "base_rates"]
+
+
+def base_rates(profile: str = "horizon") -> dict:
+    """The horizon profile's learning rate per dataset (its constant-rate entries): arm A's "η x1"."""
+    from ..profiles import load_profile
+
+    entries = load_profile(profile).get("horizon", {})
+    return {spec["dataset"]: float(spec["lr"]) for spec in entries.values()}
+
+
+def _value(values, digits: int = 2) -> str:
+    """A seed range "lo–hi" (or one value), ``digits`` significant digits."""
+    values = [float(v) for v in values if pd.notna(v)]
+    if not values:
+        return "–"
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}g}" if f"{lo:.{digits}g}" == f"{hi:.{digits}g}" else f"{lo:.{digits}g}–{hi:.{digits}g}"
+
+
+def _count(fractions, n: int) -> str:
+    """NC4 as misclassified counts: "44–53 of 500"."""
+    counts = [round(float(f) * n) for f in fractions if pd.notna(f)]
+    if not counts:
+        return "–"
+    lo, hi = min(counts), max(counts)
+    return f"{lo} of {n}" if lo == hi else f"{lo}–{hi} of {n}"
+
+
+@dataclass
+class AlternativesPage:
+    """The horizon runs and the alternatives runs, read from their published folders."""
+
+    runs: list
+    profile: str = "alternatives"
+    horizon_profile: str = "horizon"
+    root: str = "."
+    published_in: dict | None = None  # run key -> the profile it was published under (None: all ``profile``'s)
+
+    def own_runs(self) -> list:
+        """The runs of ``profile`` (not the horizon runs it compares with)."""
+        where = self.published_in or {}
+        return [r for r in self.runs if where.get(r.meta["key"], self.profile) == self.profile]
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        from ..results import collect
+
+        return collect(self.runs)
+
+    @cached_property
+    def knobs(self) -> pd.DataFrame:
+        return knob_frame(self.runs, base_rates(self.horizon_profile))
+
+    @cached_property
+    def comparisons(self) -> list[Comparison]:
+        return comparisons(self.table, self.knobs)
+
+    @property
+    def datasets(self) -> list[str]:
+        return [d for d in DATASET_NAMES if any(c.dataset == d for c in self.comparisons)]
+
+    def of(self, dataset: str) -> list[Comparison]:
+        return [c for c in self.comparisons if c.dataset == dataset]
+
+    @cached_property
+    def n_train(self) -> dict:
+        return self.knobs.groupby("dataset")["n_train"].first().to_dict()
+
+    def cell(self, comparison: Comparison, measure: str) -> str:
+        """lambda = 0's end values over seeds against the best lambda > 0's, the fold and the answer."""
+        v = comparison.verdict(measure)
+        if math.isnan(v.best_lambda):
+            return f"{v.answer}: {v.reason}"
+        best = comparison.at(v.best_lambda)
+        if measure == "nc4":
+            n = self.n_train[comparison.dataset]
+            values = f"{_count(comparison.zero['nc4_end'], n)} → {_count(best['nc4_end'], n)}"
+        else:
+            fold = f"{v.gap:.2g}×" if math.isfinite(v.gap) else "to 0"
+            values = f"{_value(comparison.zero[measure + '_end'])} → {_value(best[measure + '_end'])} ({fold})"
+        return f"{v.answer}: {values}, λ = {v.best_lambda:g}"
+
+    def answer_frame(self, dataset: str) -> pd.DataFrame:
+        """One row per comparison (arm, setting) on ``dataset``; per measure, λ = 0's end values (seed range) → the
+        best λ > 0's, the fold (seed means), that λ and our rule's answer."""
+        rows = []
+        for c in self.of(dataset):
+            row = {"arm": ARMS[c.arm], "setting": c.setting + (" (the horizon runs)" if c.setting == DEFAULT_SETTING
+                                                                  else ""),
+                   "epochs": ", ".join(f"{e:,}" for e in c.epochs)}
+            row.update({name: self.cell(c, m) for m, name in MEASURES.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def answer(self, dataset: str, measure: str) -> str:
+        """The restated answer for one dataset and measure, in words (which settings make it unnecessary)."""
+        answer, settings = measure_answer(self.of(dataset), measure)
+        if answer == "not necessary":
+            return f"not necessary (λ = 0 reaches it with {'; '.join(settings)})"
+        if settings:
+            return f"{answer} (not decided with {'; '.join(settings)})"
+        return answer
+
+    def dataset_label(self, dataset: str) -> str:
+        """The dataset's name and the data source its runs record (e.g. "CIFAR-10 (JPEG q75 copy)")."""
+        sources = sorted({r.meta["data_source"] for r in self.runs if r.config.dataset == dataset})
+        return f"{DATASET_NAMES[dataset]} ({'; '.join(sources)})"
+
+    def groups(self) -> dict:
+        """(measure, dataset) pairs grouped by their answer: "necessary" (every setting), "not necessary" (with the
+        settings that make it so), "mixed" (some settings not decided)."""
+        out = {"necessary": [], "not necessary": [], "mixed": []}
+        for m in MEASURES:
+            for d in self.datasets:
+                answer, settings = measure_answer(self.of(d), m)
+                kind = ("necessary" if answer.endswith("every setting tried") else
+                        "not necessary" if answer == "not necessary" else "mixed")
+                out[kind].append((m, d, settings))
+        return out
+
+    def takeaway(self) -> str:
+        """Two or three lines: which measures need weight decay in every setting tried, which do not, and where."""
+        groups = self.groups()
+        parts = []
+        if groups["necessary"]:
+            parts.append("necessary in every setting tried for " + _pairs(groups["necessary"]))
+        if groups["not necessary"]:
+            parts.append("**not necessary** for " + _pairs(groups["not necessary"]) + ": at λ = 0 some knob reaches "
+                         "the weight-decay value")
+        if groups["mixed"]:
+            parts.append("not decided in some settings for " + _pairs(groups["mixed"]))
+        return ("**Is weight decay necessary?** " + "; ".join(parts) + f". After interpolation, seeds "
+                f"{', '.join(map(str, self.seeds))}, {len(self.settings_tried())} settings; our rule, not the paper's.")
+
+    def settings_tried(self) -> list[str]:
+        return sorted({(c.arm, c.setting) for c in self.comparisons if c.arm != "small_lambda"})
+
+    def answer_markdown(self) -> str:
+        """The page's first paragraph: per dataset, each measure's answer over every setting tried, and what the
+        verdicts rest on."""
+        parts = []
+        for d in self.datasets:
+            clauses = "; ".join(f"{name}: **{self.answer(d, m)}**" for m, name in MEASURES.items())
+            parts.append(f"**{self.dataset_label(d)}.** Is weight decay necessary? {clauses}.")
+        parts.append(f"Settings tried: {len(self.settings_tried())} (the horizon runs' knobs, four more initialisation "
+                     f"and learning-rate pairs, cross-entropy, a ConvNet); {self.basis()}. The tables below give every "
+                     f"comparison.")
+        return "\n\n".join(parts)
+
+    def collapse_markdown(self) -> str:
+        """The fitted slope of the collapse time against 1/(eta lambda), in words."""
+        slopes = self.collapse_slopes()
+        frame = self.collapse_frame
+        per = ", ".join(f"{DATASET_NAMES[d]} {slopes[d]:.2f}" for d in self.datasets if d in slopes)
+        censored = int(frame["censored"].sum())
+        scaled = ("scales like 1/(ηλ)" if abs(slopes["both"] - 1) <= 0.25 else
+                  f"scales like (1/(ηλ))^{slopes['both']:.2f}, not like 1/(ηλ)")
+        return (f"Over {len(frame) - censored} weight-decay runs that settled (λ from {frame['weight_decay'].min():g} "
+                f"to {frame['weight_decay'].max():g}, η ×1 and ×4), the collapse time against 1/(ηλ) has a fitted "
+                f"slope of {slopes['both']:.2f} on log axes (one intercept per dataset; alone: {per}): the time "
+                f"weight decay needs {scaled} (within "
+                f"0.25 of 1 counts as proportional). {censored} run(s) collapsed only in their last tenth and are "
+                f"left out of the fit.")
+
+    def provenance(self) -> pd.DataFrame:
+        """The alternatives runs by dataset: device, CPU, commits and whether clean, when, wall time."""
+        rows = []
+        for r in self.own_runs():
+            git = r.meta.get("git") or {}
+            rows.append({"data": DATASET_NAMES[r.config.dataset], "device": r.meta.get("device", "unknown"),
+                         "cpu": r.meta.get("cpu", "unknown"),
+                         "commit": (git.get("commit") or "unknown")[:10]
+                         + (" (modified)" if git.get("dirty") else "" if git.get("dirty") is False else " (unknown)"),
+                         "finished": r.meta["created"].replace("T", " ")[:16],
+                         "minutes": r.meta["timings"]["wall_seconds"] / 60})
+        frame = pd.DataFrame(rows)
+        return frame.groupby("data", sort=False).agg(
+            runs=("device", "size"), device=("device", "first"), cpu=("cpu", "first"),
+            commits=("commit", lambda c: ", ".join(sorted(set(c)))), finished=("finished", "max"),
+            minutes=("minutes", "sum")).reset_index()
+
+    def one_line(self) -> str:
+        """The answer in one line, per dataset and measure (for the landing page and the takeaway)."""
+        per = []
+        for dataset in self.datasets:
+            per.append(f"{DATASET_NAMES[dataset]}: " + "; ".join(f"{name} {self.answer(dataset, m)}"
+                                                                 for m, name in MEASURES.items()))
+        return ". ".join(per)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({s for c in self.comparisons for s in c.seeds})
+
+    def basis(self) -> str:
+        """What every verdict rests on: seeds, horizons, after interpolation."""
+        epochs = sorted({e for c in self.comparisons for e in c.epochs})
+        return (f"seeds {', '.join(str(s) for s in self.seeds)}; measured at the last epoch "
+                f"({', '.join(f'{e:,}' for e in epochs)} epochs by setting), after interpolation (training error at "
+                f"most {TERMINAL_TRAIN_ERROR:.1%}), at a constant learning rate")
+
+    def rule_markdown(self) -> str:
+        """The rule, in full, where it is used."""
+        return (f"**The rule** (ours, `ncpaper.necessity.verdict`, the same as for the horizon runs). For one measure "
+                f"and one setting, λ = 0 is compared with the λ > 0 that fits the training set on every seed and "
+                f"ends lowest (seed means). **No**: λ = 0's seed mean ends within {COLLAPSE_FACTOR:g} times of it, "
+                f"or at most at the floor (0, and for NC4 {TERMINAL_TRAIN_ERROR:.1%} of the training set: one "
+                f"image in 500). **Yes**: λ = 0 ends at least {COLLAPSE_FACTOR:g} times higher on *every pairing* "
+                f"of seeds (its lowest seed over the weight decay's highest), and at λ = 0's own late slope "
+                f"(a power law over the last decade of epochs) closing the gap would take more than "
+                f"{REACH:g} times the run's epochs (the extrapolation test). **Not decided**: anything else (the "
+                f"seeds overlap, or λ = 0 still falls fast enough). So \"no\" is judged on seed means while \"yes\" "
+                f"needs every pairing of seeds. A measure is *not necessary* where some setting at λ = 0 gets a no; "
+                f"arm B (a small λ against none) cannot make it so.")
+
+    # ---- arm B: how long weight decay takes, and small lambda ----
+
+    @cached_property
+    def collapse_frame(self) -> pd.DataFrame:
+        return collapse_times(self.table, self.knobs)
+
+    def collapse_slopes(self) -> dict:
+        """Per dataset and for both: the fitted slope of log(collapse steps) against log(1/(eta lambda))."""
+        frame = self.collapse_frame
+        out = {d: collapse_slope(g) for d, g in frame.groupby("dataset", sort=False)}
+        out["both"] = collapse_slope(frame)
+        return out
+
+    def collapse_table(self) -> pd.DataFrame:
+        """Per dataset, rate and lambda: 1/(eta lambda) and the collapse time over seeds."""
+        rows = []
+        for (d, lr, wd), g in self.collapse_frame.groupby(["dataset", "lr", "weight_decay"], sort=True):
+            rows.append({"data": DATASET_NAMES[d], "η": f"{lr:g}", "λ": f"{wd:g}", "epochs": f"{g['epochs'].max():,}",
+                         "1/(ηλ) steps": f"{g['relaxation_steps'].iloc[0]:,.0f}",
+                         "collapse time (steps)": _value(g["collapse_steps"], 3),
+                         "NC1 at the end": _value(g["nc1_end"]),
+                         "in the last tenth": f"{int(g['censored'].sum())} of {len(g)}"})
+        return pd.DataFrame(rows)
+
+    def small_lambda_table(self) -> pd.DataFrame:
+        rows = []
+        for d in self.datasets:
+            frame = small_lambda_frame(self.comparisons, d)
+            for wd, r in frame.iterrows():
+                rows.append({"data": DATASET_NAMES[d], "λ": f"{wd:g}", "epochs": f"{int(r['epochs']):,}",
+                             "NC1 at the end": _value([r["low"], r["high"]]), "NC1 (seed mean)": r["mean"]})
+        return pd.DataFrame(rows)
+
+    def continuity(self, dataset: str) -> str:
+        """Does NC1 at the end go back to lambda = 0's value as lambda -> 0? Compared at the smallest lambda."""
+        frame = small_lambda_frame(self.comparisons, dataset)
+        zero, positive = frame.loc[0.0, "mean"], frame[frame.index > 0]
+        smallest = positive.index.min()
+        ratio = zero / positive.loc[smallest, "mean"]
+        monotone = bool(positive["mean"].is_monotonic_increasing)
+        trend = ("it falls as λ grows over the whole range" if positive["mean"].is_monotonic_decreasing else
+                 "it rises with λ over the whole range" if monotone else "it is lowest at an intermediate λ "
+                 f"({positive['mean'].idxmin():g})")
+        near = "already back within 2x of" if ratio < 2 else f"still {ratio:.2g} times below"
+        return (f"On {DATASET_NAMES[dataset]}, NC1 at the end with λ = {smallest:g} is {near} λ = 0's "
+                f"({positive.loc[smallest, 'mean']:.2g} against {zero:.2g}); among λ > 0 {trend}.")
+
+    # ---- figures ----
+
+    def _figure(self, fig, stem: str, title: str, caption: str, alt: str):
+        from .figures import page_figure
+
+        return page_figure(fig, f"{stem}_{self.profile}", self.runs, self.profile, figure_id=title, what=title,
+                           notebook="necessity.md", params=f"alternatives='{self.profile}'", caption=caption,
+                           alt=alt, root=self.root)
+
+    @cached_property
+    def knob_files(self):
+        from ..alternatives_plots import alternatives_figure
+
+        fig = alternatives_figure({d: self.of(d) for d in self.datasets}, MEASURES,
+                                  {d: self.n_train[d] for d in self.datasets})
+        return self._figure(
+            fig, "alternatives", "Is weight decay necessary under other knobs?",
+            f"**Is weight decay necessary under other knobs?** Each measure at the last epoch (log scale) for every "
+            f"setting tried: black circles λ = 0, coloured diamonds the best λ > 0 under the same knobs (the λ "
+            f"our rule compares with); markers: seed means, bars: min–max over seeds {', '.join(map(str, self.seeds))}"
+            f". Settings: initialisation scale × learning rate (the horizon rate η ×1 or ×4) of the bias-free MLP "
+            f"256-256 with the square loss, then cross-entropy, then a bias-free ConvNet. NC4 is the fraction of "
+            f"training images whose nearest class centre disagrees with the network (0 is drawn at half an image). "
+            f"All settings are our choices.",
+            "Grid of dot plots, one row per dataset and one column per measure (NC1, NC3 centred, NC3 raw, NC4): "
+            "for each knob setting, the value without weight decay beside the best value with weight decay.")
+
+    @cached_property
+    def collapse_files(self):
+        from ..alternatives_plots import collapse_time_figure
+
+        slopes = self.collapse_slopes()
+        fig = collapse_time_figure(self.collapse_frame, {d: small_lambda_frame(self.comparisons, d)
+                                                         for d in self.datasets}, DATASET_NAMES)
+        return self._figure(
+            fig, "collapse_time", "How long does weight decay take?",
+            f"**How long does weight decay take?** Left: each weight-decay run's collapse time (the first epoch "
+            f"after which NC1 stays within {COLLAPSE_WITHIN:g}x of its final value, in SGD steps) against "
+            f"1/(ηλ) in steps, log-log (square loss, PyTorch's initialisation, constant rate; open markers: "
+            f"the collapse time falls in the run's last tenth, so the run may not have settled: left out of the "
+            f"fits). Solid lines: least-squares fits per dataset (a common slope with one intercept per dataset: "
+            f"{slopes['both']:.2f}); dotted: slope 1, proportional to 1/(ηλ). Right: NC1 at the last epoch against "
+            f"λ (seed mean and min–max); the dashed line and band are λ = 0.",
+            "Two log-log scatter plots: collapse time against one over learning rate times weight decay, with fitted "
+            "lines; and final NC1 against weight decay with the no-weight-decay level as a horizontal band.")
+
+    @cached_property
+    def loss_files(self):
+        from ..necessity import figure_horizon
+
+        keep = self.knobs[(self.knobs["model"] == "mlp") & (self.knobs["init_scale"] == 1)
+                          & (self.knobs["lr_factor"] == 1) & self.knobs["constant_rate"]
+                          & ((self.knobs["loss"] == "cross_entropy")
+                             | (self.knobs["weight_decay"] == 0) | (self.knobs["weight_decay"] >= 0.0028))]
+        label = keep.set_index("run_id")["loss"]
+        table = self.table[self.table["run_id"].isin(label.index)]
+        table = table.assign(schedule=table["run_id"].map(label))
+        after = pd.concat([c.after for c in self.comparisons if c.setting in (DEFAULT_SETTING, "cross-entropy")])
+        after = after.assign(schedule=after["run_id"].map(label)).dropna(subset=["schedule"])
+        names = {"square": "square loss", "cross_entropy": "cross-entropy"}
+        fig = figure_horizon(table, after, ("nc1", "nc3_centred", "train_loss"), row_labels={
+            (d, loss): f"{DATASET_NAMES[d]},\n{names[loss]}" for d in self.datasets for loss in names})
+        return self._figure(
+            fig, "square_vs_cross_entropy", "Square loss and cross-entropy",
+            "**Square loss and cross-entropy**, side by side: NC1, the centred NC3 and the training loss (each "
+            "run's own data term: half the mean squared error, or the mean cross-entropy) against epoch, log-log, "
+            "bias-free MLP 256-256 at PyTorch's initialisation and the horizon rate, constant; lines: mean over "
+            "seeds, bands: min–max, ringed dots: median t*.",
+            "Log-log line plots of NC1, centred NC3 and training loss against epoch, one row per dataset and loss, "
+            "one line per weight decay including none.")
+
+    def cross_entropy_markdown(self) -> str:
+        """What cross-entropy's lambda = 0 runs do: the loss, the weights' growth and NC1 over the last decade."""
+        parts = []
+        train = self.table[self.table["phase"] == "train"] if "phase" in self.table.columns else self.table
+        for dataset in self.datasets:
+            ids = self.knobs[(self.knobs["dataset"] == dataset) & (self.knobs["loss"] == "cross_entropy")
+                             & (self.knobs["weight_decay"] == 0)]["run_id"]
+            if ids.empty:
+                continue
+            growth, loss_fall, nc1_fall = [], [], []
+            for run_id in ids:
+                run = train[train["run_id"] == run_id].sort_values("epoch")
+                last = run["epoch"].iloc[-1]
+                start = run[run["epoch"] >= last / 10].iloc[0]
+                end = run.iloc[-1]
+                growth.append(math.sqrt(end["weight_norm_sq"] / start["weight_norm_sq"]))
+                loss_fall.append(start["train_loss"] / end["train_loss"])
+                nc1_fall.append(start["nc1"] / end["nc1"])
+            parts.append(f"On {DATASET_NAMES[dataset]} with cross-entropy and λ = 0, over the last decade of epochs "
+                         f"the weights' norm grows {_value(growth)} times, the cross-entropy falls "
+                         f"{_value(loss_fall)} times and NC1 falls {_value(nc1_fall)} times (seed range).")
+        return " ".join(parts)
+
+    def glue(self) -> None:
+        """Glue the restated answer (the landing page's line) and the collapse-time slopes, displaying nothing."""
+        from myst_nb import glue
+
+        glue("necessity_one_line", self.one_line(), display=False)
+        for d in self.datasets:
+            for m in MEASURES:
+                glue(f"alternatives_{d}_{m}", self.answer(d, m), display=False)
+        for d, slope in self.collapse_slopes().items():
+            glue(f"collapse_slope_{d}", f"{slope:.2f}", display=False)
+
+
+def _pairs(items) -> str:
+    """ "NC1 on MNIST (with init ×0.3, η ×1), NC3 (W centred) on both datasets" from (measure, dataset, settings)."""
+    by_measure: dict = {}
+    for m, d, settings in items:
+        by_measure.setdefault(m, []).append((d, settings))
+    parts = []
+    for m, entries in by_measure.items():
+        datasets = [d for d, _ in entries]
+        where = "both datasets" if len(datasets) == len(DATASET_NAMES) else " and ".join(DATASET_NAMES[d]
+                                                                                        for d in datasets)
+        parts.append(f"{MEASURES[m]} on {where}")
+    return ", ".join(parts)
+
+
+def alternatives_page(profile: str = "alternatives", horizon_profile: str = "horizon",
+                      root: str | os.PathLike = ".") -> AlternativesPage:
+    """The published runs of ``horizon_profile``'s horizon section and ``profile``'s alternatives section."""
+    from ..profiles import load_profile, section_configs
+    from ..published import load_published
+
+    runs, published_in = [], {}
+    for prof, section in ((horizon_profile, "horizon"), (profile, "alternatives")):
+        entries = load_profile(prof).get(section, {})
+        if not entries:
+            raise ValueError(f"profile {prof!r} has no {section} section")
+        found = load_published([c for entry in entries for c in section_configs(prof, section, entry)], prof)
+        published_in.update({r.meta["key"]: prof for r in found})
+        runs += found
+    return AlternativesPage(runs, profile, horizon_profile, str(root), published_in)
