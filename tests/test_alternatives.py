@@ -66,3 +66,73 @@ def test_float32_floor_and_travel_bound():
     assert travel_bound([100, 110, 120], [3e-3, 1e-3, 2e-3], [0.01] * 3, 16, 0.9) == pytest.approx(
         160 * 0.1 * 3e-3 + 160 * 0.1 * 2e-3)
     assert travel_bound([100], [1.0], [0.1], 16, 0.9) == 0
+
+
+# ---- one verdict of each arm, recomputed from the published tables without ncpaper's analysis ----
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _published_ends(profile: str, column: str, **knobs) -> dict:
+    """{lambda: [(end value, late slope, fits)] over seeds} of the published runs whose config matches ``knobs``
+    (missing keys at their defaults), read straight from metrics.csv and meta.json."""
+    import json
+
+    import numpy as np
+
+    defaults = {"init_scale": 1.0, "loss": "square", "model": "mlp", "lr_milestones": []}
+    out: dict = {}
+    for meta_path in sorted((REPO / "published" / profile).glob("*/meta.json")):
+        config = json.loads(meta_path.read_text())["config"]
+        if any(config.get(k, defaults.get(k)) != v for k, v in knobs.items()):
+            continue
+        rows = pd.read_csv(meta_path.parent / "metrics.csv")
+        rows = rows[rows["phase"] == "train"].sort_values("epoch")
+        last = rows["epoch"].iloc[-1]
+        late = rows[rows["epoch"] >= last / 10]
+        slope = np.polyfit(np.log10(late["epoch"]), np.log10(late[column]), 1)[0] if (late[column] > 0).all() else 0
+        fits = bool((rows["train_error"].iloc[-1:] <= 0.002).all())
+        out.setdefault(config["weight_decay"], []).append((float(rows[column].iloc[-1]), float(slope), fits))
+    return out
+
+
+def _rule(ends: dict, floor: float = 0.0) -> tuple[str, float]:
+    """The necessity rule, written again: (answer, gap of the seed means)."""
+    zero = ends.pop(0.0)
+    means = {lam: sum(v for v, _, _ in runs) / len(runs) for lam, runs in ends.items() if all(f for _, _, f in runs)}
+    best = min(means, key=means.get)
+    zero_mean = sum(v for v, _, _ in zero) / len(zero)
+    gap = zero_mean / means[best] if means[best] > 0 else math.inf
+    if zero_mean <= floor or gap < 5:
+        return "no", gap
+    worst = min(v for v, _, _ in zero) / max(v for v, _, _ in ends[best])
+    slope = sum(s for _, s, _ in zero) / len(zero)
+    close = 3000 * gap ** (1 / -slope) if slope < 0 else math.inf
+    return ("yes" if worst >= 5 and close > 10 * 3000 else "not decided"), gap
+
+
+@pytest.fixture(scope="module")
+def knob_page():
+    from ncpaper.pages.alternatives import alternatives_page
+
+    return alternatives_page()
+
+
+@pytest.mark.parametrize("arm, setting, dataset, column, knobs", [
+    ("implicit", "init ×0.1, η ×4", "mnist", "nc1", {"dataset": "mnist", "init_scale": 0.1, "lr": 0.08}),
+    ("small_lambda", "λ = 0.0001", "cifar10", "nc1", {"dataset": "cifar10"}),
+    ("cross_entropy", "cross-entropy", "mnist", "nc3_centred", {"dataset": "mnist", "loss": "cross_entropy"}),
+    ("convnet", None, "cifar10", "nc1", {"dataset": "cifar10", "model": "convnet"}),
+])
+def test_one_verdict_of_each_arm_recomputed_from_the_published_tables(knob_page, arm, setting, dataset, column,
+                                                                      knobs):
+    (comparison,) = [c for c in knob_page.of(dataset) if c.arm == arm and setting in (None, c.setting)]
+    if arm == "small_lambda":  # lambda = 0 is the horizon runs' constant-rate one
+        ends = {0.0: _published_ends("horizon", column, **knobs)[0.0],
+                1e-4: _published_ends("alternatives", column, **knobs)[1e-4]}
+    else:
+        ends = _published_ends("alternatives", column, **knobs)
+    assert {len(v) for v in ends.values()} == {3}  # seeds 0, 1, 2
+    answer, gap = _rule(ends)
+    v = comparison.verdict(column)
+    assert (v.answer, v.gap) == (answer, pytest.approx(gap, rel=1e-12))

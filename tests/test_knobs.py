@@ -116,3 +116,23 @@ def test_measured_gradient_norm_is_that_of_the_runs_own_loss():
     grads = torch.autograd.grad(loss, list(model.parameters()))
     expected = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
     assert gradient_norms(model, split, 0.0, loss="cross_entropy")["grad_norm"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_cli_trains_with_both_knobs_and_records_them_in_meta_json(tmp_path, capsys):
+    import json
+
+    from ncpaper.cli import main
+
+    small = ["--dataset", "mnist", "--widths", "8", "--n-per-class", "2", "--n-test-per-class", "1", "--epochs", "2",
+             "--batch-size", "8", "--n-measurements", "2", "--quiet"]
+    assert main(["--results", str(tmp_path), "train", *small, "--init-scale", "0.3", "--loss", "cross_entropy",
+                 "--weight-decay", "0.01"]) == 0
+    assert "init x0.3" in capsys.readouterr().out
+    (meta,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/meta.json")]
+    assert meta["config"]["init_scale"] == 0.3 and meta["config"]["loss"] == "cross_entropy"
+    assert meta["config"]["settle"] is False  # settling is for the square loss
+    with pytest.raises(SystemExit):  # argparse's own one-line refusal, naming the choices
+        main(["--results", str(tmp_path), "train", *small, "--loss", "hinge"])
+    assert "invalid choice: 'hinge'" in capsys.readouterr().err
+    assert main(["--results", str(tmp_path), "train", *small, "--init-scale", "-1"]) == 2
+    assert "init_scale must be a positive number" in capsys.readouterr().err

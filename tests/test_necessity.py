@@ -64,13 +64,15 @@ def test_a_floor_for_rates():
 
 
 def test_the_page_opens_with_the_answer_computed_from_the_published_runs(tmp_path):
-    """Execute notebooks/necessity.md as the book does; it opens with the answer: a takeaway box, then the numbers."""
+    """Execute notebooks/necessity.md as the book does; it opens with the answer over every setting tried (a takeaway
+    box, then the numbers), and gives the horizon runs' own answer in their section."""
     import jupytext
     import nbformat
     import papermill as pm
 
     from ncpaper.necessity import QUANTITIES, necessity_page
     from ncpaper.pages import takeaway_box
+    from ncpaper.pages.alternatives import alternatives_page
     from ncpaper.pages.prose import number
 
     repo = Path(__file__).resolve().parents[1]
@@ -80,19 +82,43 @@ def test_the_page_opens_with_the_answer_computed_from_the_published_runs(tmp_pat
     jupytext.write(notebook, staged, fmt="ipynb")
     pm.execute_notebook(str(staged), str(executed), cwd=str(tmp_path), parameters={"profile": "horizon"},
                         kernel_name="python3", progress_bar=False)
-    outputs = [o for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"
-               for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
-    box, first = (o["data"]["text/markdown"] for o in outputs[:2])
-    page = necessity_page("horizon")
-    assert box == takeaway_box(page.takeaway()) and page.one_line() in box  # the page opens with its answer
-    assert first == page.answer_markdown()
+    outputs = [o["data"]["text/markdown"] for cell in nbformat.read(executed, as_version=4).cells
+               if cell.cell_type == "code" for o in cell.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    knobs, page = alternatives_page(), necessity_page("horizon")
+    box, first = outputs[:2]
+    assert box == takeaway_box(knobs.takeaway())  # the page opens with its answer over every setting tried
+    assert first == knobs.answer_markdown() and "seeds 0, 1, 2" in first and "after interpolation" in first
+    for dataset in knobs.datasets:
+        for measure, name in (("nc1", "NC1"), ("nc3_centred", "NC3 (W centred)")):
+            assert f"{name}: **{knobs.answer(dataset, measure)}**" in first
+    horizon = page.answer_markdown()
+    assert horizon in outputs
     for dataset in page.datasets:
         zero = page.after[(page.after["dataset"] == dataset) & (page.after["weight_decay"] == 0)
                           & (page.after["schedule"] == page.main_schedule)]
         nc1 = page.verdicts[(dataset, page.main_schedule, "nc1")]
-        assert f"ends {number(nc1.gap)} times higher than with λ = {nc1.best_lambda:g}" in first
-        assert f"(late slope {zero['nc1_slope'].mean():.2f})" in first
+        assert f"ends {number(nc1.gap)} times higher than with λ = {nc1.best_lambda:g}" in horizon
+        assert f"(late slope {zero['nc1_slope'].mean():.2f})" in horizon
         for quantity, name in QUANTITIES.items():
-            assert f"{name}: **{page.answer(dataset, quantity)}**" in first
+            assert f"{name}: **{page.answer(dataset, quantity)}**" in horizon
     assert {len(page.after), page.after["last_epoch"].min()} == {48, 3000}
-    assert (tmp_path / "book" / "figures" / "necessity_horizon.png").is_file()
+    assert page.trajectories() == 3 and "3 independent trajectories" in page.trajectories_markdown()
+    assert page.converged_markdown() in outputs  # "has training stopped moving?" answered with its numbers
+    for name in ("necessity_horizon.png", "alternatives_alternatives.png", "collapse_time_alternatives.png",
+                 "square_vs_cross_entropy_alternatives.png"):
+        assert (tmp_path / "book" / "figures" / name).is_file()
+
+
+def test_the_corrected_sentences_stay_corrected():
+    """Issue 32's review: Lemma 1 is not said to drive training; the intro's gloss of the rule describes the code
+    (end values on every pairing of seeds, the extrapolation); 0.2% is named as our threshold, with the error."""
+    repo = Path(__file__).resolve().parents[1]
+    notebook, intro, module = (" ".join((repo / path).read_text().split()) for path in
+                               ("notebooks/necessity.md", "book/intro.md", "ncpaper/necessity.py"))
+    for text in (notebook, module):
+        assert "the loss can keep falling towards 0 while the weights grow" not in text
+        assert "Lemma 1 says that without weight decay the loss can still fall" not in text
+    assert "says nothing about training dynamics" in module and "says nothing about what training does" in notebook
+    assert "has stopped falling" not in intro and "every pairing of seeds" in intro and "ten times" in intro
+    assert "so the network no longer fits it" not in intro and "our threshold for fitting it" in intro
+    assert "figure1_cifar10_paper.ipynb::fit_edge" in intro

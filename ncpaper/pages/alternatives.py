@@ -386,6 +386,30 @@ class AlternativesPage:
                          f"{_value(loss_fall)} times and NC1 falls {_value(nc1_fall)} times (seed range).")
         return " ".join(parts)
 
+    def convnet_markdown(self) -> str:
+        """Are 1,000 epochs enough for the ConvNet's weight decay? eta lambda x steps (and with momentum's 1/(1 - beta))
+        and when NC1 settled (:func:`~ncpaper.analysis.collapse_time`), per dataset."""
+        from ..analysis import collapse_time, training_rows
+
+        parts = []
+        train = training_rows(self.table)
+        for d in self.datasets:
+            runs = self.knobs[(self.knobs["dataset"] == d) & (self.knobs["model"] == "convnet")
+                              & (self.knobs["weight_decay"] > 0)]
+            if runs.empty:
+                continue
+            k = runs.iloc[0]
+            steps = k["epochs"] * math.ceil(k["n_train"] / k["batch_size"])
+            relax = k["lr"] * k["weight_decay"] * steps
+            momentum = next(r.config.momentum for r in self.runs if r.meta["key"] == k["run_id"])
+            times = [collapse_time(train[train["run_id"] == rid].sort_values("epoch")) for rid in runs["run_id"]]
+            settled = all(t <= 0.9 * k["epochs"] for t in times)
+            parts.append(f"On {DATASET_NAMES[d]} the ConvNet's λ = {k['weight_decay']:g} gets ηλ × steps = "
+                         f"{relax:.2g} relaxation times in {k['epochs']:,} epochs ({relax / (1 - momentum):.2g} with "
+                         f"momentum's 1/(1 − β)); its NC1 settles (within {COLLAPSE_WITHIN:g}x of its end) at epoch "
+                         f"{_value(times, 3)}: {'enough' if settled else 'not enough on every seed'}.")
+        return " ".join(parts)
+
     def glue(self) -> None:
         """Glue the restated answer (the landing page's line) and the collapse-time slopes, displaying nothing."""
         from myst_nb import glue

@@ -364,6 +364,21 @@ class FigurePage:
             glue(f"nc1_ratio_{k}", float(last.loc[0.0, "nc1"] / last.loc[wd, "nc1"]), display=False)
             glue(f"nc3_ratio_{k}", float(last.loc[0.0, nc3] / last.loc[wd, nc3]), display=False)
         glue("figure_anchor", self.files.anchor, display=False)
+        glue("fit_edge", self.fit_edge(), display=False)
+
+    def fit_edge(self) -> str:
+        """The smallest lambda whose training error exceeds our 0.2% threshold, with that error and how much lower
+        NC1 and NC3 still are than without weight decay (a sentence; "" when every lambda fits)."""
+        from ..analysis import TERMINAL_TRAIN_ERROR
+
+        last, nc3 = self.last, self.nc3_column
+        above = [w for w in sorted(last.index) if w > 0 and last.loc[w, "train_error"] > TERMINAL_TRAIN_ERROR]
+        if not above:
+            return ""
+        w = above[0]
+        return (f"at λ = {w:g} it misclassifies {last.loc[w, 'train_error']:.2%} of its training images while NC1 is "
+                f"{last.loc[0.0, 'nc1'] / last.loc[w, 'nc1']:.2g} times and NC3 "
+                f"{last.loc[0.0, nc3] / last.loc[w, nc3]:.2g} times lower than without weight decay")
 
 
 def _not_published(profile: str, figure: str, err: Exception) -> str:
