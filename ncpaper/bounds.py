@@ -20,6 +20,10 @@ What holds (proved on the book's page "Beyond the paper: collapse bounded by the
 1. W_L = (1/C) R U^T A with R = (I + U^T A U/C)^{-1}, so F = I - R is symmetric with 0 <= F < I.
 2. With X = [P (R^{-1} - I) P]^+, Phi = Tr(X P R^{-1} Sigma_f R^{-1} P X) is the NC1 of the whitened features
    A^{1/2} h, and NC1(h) - Phi = Tr(D^T (Sigma_W + 2 lambda I) D) >= 0 with D = M^+ - A M^T (M A M^T)^+.
+   Computed by the stable route Phi = ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2 (:func:`whitened_lower_bound`),
+   which divides by cond(M A^{1/2}) = sqrt(cond(M A M^T)); the outputs-only formula pseudo-inverts
+   P (R^{-1} - I) P = M A M^T / C and is ill-posed near f = 0 (R -> I: it divides a vanishing Sigma_f by a
+   vanishing R^{-1} - I). Settled rows record that formula (metrics versions 5-6, :data:`SETTLED_COLUMNS`).
 3. NC1(h) <= C^2 (lambda + s_max(Sigma_W))^2 Tr(G^+ P R^{-1} Sigma_f R^{-1} P G^+).
 4. Sigma_f = 0 gives NC1(h) = 0 and NC4 = the training error, with h != mu_c still possible
    (:func:`spread_outside_means_critical_point`).
@@ -39,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .analysis import TERMINAL_TRAIN_ERROR
 from .metrics import (
     ClassStatistics,
     UndefinedCollapseError,
@@ -51,39 +56,48 @@ from .metrics import (
 
 __all__ = ["BOUND_KEYS", "CHECK_SETTINGS", "RELIABLE_CONDITION", "SETTLED_COLUMNS", "WithinClassScatter",
            "bounds_figure", "bounds_from_statistics", "bounds_summary", "bounds_table", "critical_point_report",
-           "identity_residuals", "identity_table", "output_spread_bounds", "output_spread_bounds_streaming",
-           "random_relu_features", "ridge_readout", "settled_columns", "spread_outside_means_critical_point",
-           "symmetric_output_features", "symmetric_outputs_check"]
+           "fits", "identity_residuals", "identity_table", "output_spread_bounds", "output_spread_bounds_streaming",
+           "random_relu_features", "ridge_readout", "settled_columns", "share_by_weight_decay",
+           "spread_outside_means_critical_point", "symmetric_output_features", "symmetric_outputs_check",
+           "whitened_lower_bound"]
 
 _F64 = torch.float64
 
 # The mapping output_spread_bounds returns, in this order.
 BOUND_KEYS = (
     "nc1",  # Tr(Sigma_W Sigma_B^+)/C of the features
-    "nc1_lower",  # Phi (item 2), from the mean outputs F and their within-class covariance Sigma_f alone
+    "nc1_lower",  # Phi (item 2) by the stable route ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2
     "nc1_upper",  # item 3
     "nc1_outputs",  # NC1 of the outputs f = W_L h (equal to Phi when F is symmetric about the classes, item 5)
     "nc3_centred",  # ||W~/||W~|| - M/||M||||_F^2 with W~ = P W_L
     "nc3_centred_within",  # the same with R replaced by its symmetric part: only Sigma_W acts (item 6)
     "nc3_centred_asymmetry",  # the same with Sigma_W replaced by 0: only the asymmetry of R acts (item 6)
     "output_asymmetry",  # ||R - R_sym||_F / ||R||_F, R_sym = a I + b 11^T the closest symmetric form
-    "lower_condition",  # s_max/s_min of P (R^-1 - I) P on NC1's rank: what Phi's pseudo-inverse divides by
+    "lower_condition",  # s_max/s_min of M A^{1/2} on NC1's rank: what the stable route divides by
     "sigma_w_max",  # s_max(Sigma_W): the upper bound is loose by up to (1 + s_max/lambda)^2
     "sigma_w_means",  # the mean within-class variance along the span of the centred means, Tr(Pi Sigma_W)/rank(M)
     "readout_gap",  # ||W_L - W_ridge||_F / ||W_ridge||_F (0 when the readout is the ridge one)
     "mean_output_skew",  # ||F - F^T||_F / ||F||_F (0 for the ridge readout, item 1)
+    "nc1_lower_pinv",  # Phi by item 2's outputs-only formula, pseudo-inverting P (R^-1 - I) P = M A M^T / C
+    "lower_condition_pinv",  # s_max/s_min of P (R^-1 - I) P on NC1's rank (= lower_condition^2 in exact arithmetic)
 )
 
 # The columns a settled row records (:func:`settled_columns`): BOUND_KEYS of the ridge readout on the settled
 # network's features, renamed where the row already has a column of that name for the network's own readout.
-SETTLED_COLUMNS = {"nc1_lower": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
+# Metrics versions 5-6 record Phi by the outputs-only formula (nc1_lower) with the condition number of what it
+# pseudo-inverts, cond(M A M^T) (nc1_lower_condition): the keys *_pinv, so that cached runs keep their meaning. The
+# stable route needs Sigma_W and M, which a row (scalars only) does not keep: recording it needs a new version.
+SETTLED_COLUMNS = {"nc1_lower_pinv": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
                    "nc3_centred": "nc3_centred_ridge", "nc3_centred_within": "nc3_centred_within",
                    "nc3_centred_asymmetry": "nc3_centred_asymmetry", "output_asymmetry": "output_asymmetry",
                    "sigma_w_max": "sigma_w_max", "sigma_w_means": "sigma_w_means",
-                   "lower_condition": "nc1_lower_condition"}
-# Phi's pseudo-inverse of P (R^-1 - I) P = M A M^T / C loses about condition x 2.2e-16 of relative accuracy in float64;
-# above this condition number (centred class means that nearly lose a direction) Phi is rounding, not a bound, and
-# the ordering Phi <= NC1 <= upper is not checked (the settled runs are either below 2e7 or above 4e14).
+                   "lower_condition_pinv": "nc1_lower_condition"}
+# Either route loses about its own condition number x 2.2e-16 of Phi's relative accuracy in float64: cond(M A^{1/2})
+# for the stable route (lower_condition), cond(M A M^T) = cond(M A^{1/2})^2 for the outputs formula
+# (lower_condition_pinv, the settled rows' nc1_lower_condition). Above this condition number of its own route
+# (centred class means that nearly lose a direction) Phi is rounding, not a bound, and Phi <= NC1 <= upper is not
+# checked. The same 1e10 on both: about 2e-6 of relative accuracy left; the stable route reaches it with class means
+# twice as many digits closer to losing a direction.
 RELIABLE_CONDITION = 1e10
 
 
@@ -162,6 +176,44 @@ def _truncated_pinv(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return vh[:rank].T @ torch.diag(1 / s[:rank]) @ u[:, :rank].T, s[:rank]
 
 
+def _means_rank(centred_means: torch.Tensor) -> int:
+    """NC1's rank: the singular values of M above the cut-off of :func:`_nc1`, at most C - 1."""
+    s = torch.linalg.svdvals(centred_means)
+    keep = s > max(centred_means.shape) * torch.finfo(_F64).eps * max(s[0].item(), 1e-300)
+    return min(int(keep.sum()), centred_means.shape[0] - 1)
+
+
+def _stable_lower(centred_means: torch.Tensor, spread: torch.Tensor, directions: torch.Tensor, lam: float,
+                  rank: int) -> tuple[float, float]:
+    """Phi = ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2 and cond(M A^{1/2}) in Sigma_W = V diag(s) V^T's basis.
+
+    Sigma_W^{1/2} A^{1/2} = V diag(sqrt(s/(lambda + s))) V^T and M A^{1/2} = B V^T with B = M V diag((lambda + s)^-1/2);
+    with B = L S K^T kept to ``rank``, (M A^{1/2})^+ = V K S^-1 L^T, so Phi = ||diag(sqrt(s/(lambda + s))) K S^-1||_F^2.
+    """
+    _, s, kh = torch.linalg.svd((centred_means @ directions) / (lam + spread).sqrt(), full_matrices=False)
+    s, k = s[:rank], kh[:rank].T
+    phi = float(((spread / (lam + spread)).sqrt().unsqueeze(1) * k / s).pow(2).sum())
+    return phi, float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+
+
+def whitened_lower_bound(sigma_w, centred_means, weight_decay: float, rank: int | None = None) -> tuple[float, float]:
+    """Item 2's Phi by the stable route, Phi = ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2, and cond(M A^{1/2}).
+
+    Equal to Tr((M A M^T)^+ M A Sigma_W A M^T (M A M^T)^+) (with B = M A^{1/2}, A^{1/2} B^+ = A M^T (M A M^T)^+),
+    but it divides by cond(M A^{1/2}) = sqrt(cond(M A M^T)): Phi is resolved in float64 while that is at most
+    :data:`RELIABLE_CONDITION`. ``sigma_w`` p x p, ``centred_means`` M (C x p, rows mu_c - mu_G); ``rank`` NC1's
+    rank (default: M's numerical rank, at most C - 1). Float64.
+    """
+    lam = _weight_decay(weight_decay)
+    m = _as_tensor(centred_means, "centred_means")
+    sigma = _as_tensor(sigma_w, "sigma_w").to(m.device)
+    spread, directions = torch.linalg.eigh((sigma + sigma.T) / 2)
+    rank = _means_rank(m) if rank is None else rank
+    if rank == 0:
+        raise UndefinedCollapseError("all class means coincide (M = 0): Phi is undefined")
+    return _stable_lower(m, spread.clamp(min=0), directions, lam, rank)
+
+
 def _nc1(sigma: torch.Tensor, centred_means: torch.Tensor) -> float:
     """Tr(sigma (M^T M)^+) for rows M (:data:`~ncpaper.metrics` convention, the same rounding cut-off as
     :meth:`~ncpaper.metrics.ClassStatistics.between_class_basis`)."""
@@ -182,7 +234,8 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
     """:data:`BOUND_KEYS` from one pass's statistics; ``weights=None``: the ridge readout (exact theorems).
 
     With another readout (``weights``, C x p) every key is the same formula on that readout's outputs, which
-    then bound nothing; ``readout_gap`` says how far it is from the ridge one. Raises
+    then bound nothing; ``readout_gap`` says how far it is from the ridge one. ``nc1_lower`` (the stable route)
+    needs no readout: it is the features' Phi whatever ``weights``. Raises
     :class:`~ncpaper.metrics.UndefinedCollapseError` when all class means coincide.
     """
     lam = _weight_decay(weight_decay)
@@ -213,10 +266,13 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
     root_f = (w @ directions) * spread.sqrt()  # Sigma_f = root_f root_f^T: positive semi-definite after rounding too
     sigma_f = root_f @ root_f.T
     r_inv = torch.linalg.solve(r, eye)
-    # item 2: Phi = Tr(X P R^-1 Sigma_f R^-T P X^T), X = [P (R^-1 - I) P]^+ (R, X symmetric for the ridge readout)
+    # item 2 from the outputs alone: Phi = Tr(X P R^-1 Sigma_f R^-T P X^T), X = [P (R^-1 - I) P]^+ (R, X symmetric
+    # for the ridge readout); ill-posed near f = 0, where both P (R^-1 - I) P and Sigma_f vanish
     inverse, kept = _truncated_pinv(proj @ (r_inv - eye) @ proj, rank)
     t = inverse @ proj @ r_inv
-    lower = float((t @ root_f).pow(2).sum())
+    lower_pinv = float((t @ root_f).pow(2).sum())
+    # item 2 by the stable route, from the features' statistics: ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2
+    lower, condition = _stable_lower(m, spread, directions, lam, rank)
     # item 3: G^+ = (M M^T)^+ = V S^-2 V^T with M = V S basis^T
     v = m @ basis / singular
     q = (v / singular**2) @ v.T @ proj @ r_inv
@@ -238,7 +294,9 @@ def bounds_from_statistics(scatter: WithinClassScatter, weight_decay: float, wei
         "sigma_w_means": float((basis.T @ sigma_w @ basis).diagonal().mean()),
         "readout_gap": float((w - ridge).norm() / ridge.norm()),
         "mean_output_skew": float((f - f.T).norm() / f.norm()) if f.norm() > 0 else math.nan,
-        "lower_condition": float(kept[0] / kept[-1]) if kept[-1] > 0 else math.inf,
+        "lower_condition": condition,
+        "nc1_lower_pinv": lower_pinv,
+        "lower_condition_pinv": float(kept[0] / kept[-1]) if kept[-1] > 0 else math.inf,
     }
 
 
@@ -301,7 +359,8 @@ def identity_residuals(features, labels, weight_decay: float) -> dict[str, float
     ||W_ridge - (1/C) R U^T A|| with R = (I + U^T A U/C)^-1 (normal equations against item 1's closed form),
     ``r_is_i_minus_f`` ||(I - F) - R||, ``f_symmetric`` ||F - F^T|| (relative to ||F||), ``f_eigen_min`` and
     ``f_eigen_max`` F's extreme eigenvalues (item 1: in [0, 1)), ``phi_whitened`` |Phi - NC1(A^{1/2} h)| with
-    NC1 of the whitened features from their own statistics, ``gap`` |NC1 - Phi - Tr(D^T (Sigma_W + 2 lambda I) D)|
+    NC1 of the whitened features from their own statistics, ``phi_routes`` |Phi - Phi_pinv| / Phi between the
+    stable route and the outputs formula, ``gap`` |NC1 - Phi - Tr(D^T (Sigma_W + 2 lambda I) D)|
     (relative to NC1), ``centred_classifier`` ||P W - (1/C) P R U^T A||, and the bounds' ordering margins
     ``lower_margin`` = NC1 - Phi and ``upper_margin`` = upper - NC1 (both >= 0).
     """
@@ -337,6 +396,7 @@ def identity_residuals(features, labels, weight_decay: float) -> dict[str, float
         "f_symmetric": float((f - f.T).norm() / f.norm()),
         "f_eigen_min": float(eigen[0]), "f_eigen_max": float(eigen[-1]),
         "phi_whitened": abs(bounds["nc1_lower"] - whitened) / whitened,
+        "phi_routes": abs(bounds["nc1_lower"] - bounds["nc1_lower_pinv"]) / bounds["nc1_lower"],
         "gap": abs(bounds["nc1"] - bounds["nc1_lower"] - gap) / bounds["nc1"],
         "centred_classifier": float((proj @ w - proj @ closed).norm() / (proj @ w).norm()),
         "lower_margin": bounds["nc1"] - bounds["nc1_lower"], "upper_margin": bounds["nc1_upper"] - bounds["nc1"],
@@ -357,7 +417,7 @@ def identity_table(settings=CHECK_SETTINGS) -> pd.DataFrame:
         res = identity_residuals(h, y, lam)
         rows.append({"C": c, "N": n_per_class, "p": p, "weight_decay": lam, "spread": spread,
                      "worst identity": max(res[k] for k in ("readout", "r_is_i_minus_f", "f_symmetric", "phi_whitened",
-                                                            "gap", "centred_classifier")),
+                                                            "phi_routes", "gap", "centred_classifier")),
                      "F eigenvalues": f"{res['f_eigen_min']:.3f} to {res['f_eigen_max']:.3f}",
                      "nc1_lower": got["nc1_lower"], "nc1": got["nc1"], "nc1_upper": got["nc1_upper"],
                      "share": got["nc1_lower"] / got["nc1"], "spread_ratio": got["sigma_w_max"] / lam,
@@ -506,9 +566,11 @@ def bounds_table(runs) -> pd.DataFrame:
     variance sigma_means along the centred means, the outputs' NC1, and the centred NC3 (the network's, the ridge
     readout's) with its two parts.
 
-    ``reliable``: Phi's pseudo-inverse is conditioned well enough for float64 (``nc1_lower_condition`` at most
-    :data:`RELIABLE_CONDITION`; true where a run of metrics version 5 lacks the column).
-    Runs measured before these columns (metrics version < 5) are left out; a run at f = 0 keeps NaNs.
+    ``nc1_lower`` is the Phi the settled row recorded: item 2's outputs-only formula (:data:`SETTLED_COLUMNS`), whose
+    stable route needs Sigma_W and M, which the row does not keep. ``reliable``: that formula's pseudo-inverse is
+    conditioned well enough for float64 (``nc1_lower_condition`` = cond(M A M^T) at most :data:`RELIABLE_CONDITION`;
+    true where a run of metrics version 5 lacks the column). Runs measured before these columns (metrics version
+    < 5) are left out; a run at f = 0 keeps NaNs.
     """
     rows = []
     for run in runs:
@@ -536,24 +598,52 @@ def bounds_table(runs) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def bounds_summary(table: pd.DataFrame) -> pd.DataFrame:
+def _resolved(table: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`bounds_table` rows whose NC1 and bounds are defined and whose Phi is ``reliable``."""
+    frame = table.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
+    return frame[frame["reliable"].astype(bool)] if "reliable" in frame else frame
+
+
+def fits(table: pd.DataFrame, max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.Series:
+    """Which :func:`bounds_table` rows fit their training set: training error at most ``max_train_error`` (the
+    book's :data:`~ncpaper.analysis.TERMINAL_TRAIN_ERROR`); all of them where the table has no ``train_error``."""
+    if "train_error" not in table:
+        return pd.Series(True, index=table.index)
+    return table["train_error"] <= max_train_error
+
+
+def bounds_summary(table: pd.DataFrame, max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.DataFrame:
     """Per dataset, over the runs whose NC1 is defined and whose Phi is reliable (``reliable``): how many, the
     share nc1_lower / NC1 (min, median, max), the upper bound over NC1 (median, max), s_max(Sigma_W)/lambda and
-    the means' factor (medians), from :func:`bounds_table` rows."""
-    frame = table.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
-    if "reliable" in frame:
-        frame = frame[frame["reliable"].astype(bool)]
-    return frame.groupby("data").agg(
+    the means' factor (medians), from :func:`bounds_table` rows; ``fit_runs`` and ``fit_share_*``: the same share
+    over the runs that fit their training set (:func:`fits`; NaN where none does)."""
+    frame = _resolved(table)
+    summary = frame.groupby("data").agg(
         runs=("nc1", "size"), share_min=("share", "min"), share_median=("share", "median"),
         share_max=("share", "max"), upper_ratio_median=("upper_ratio", "median"),
         upper_ratio_max=("upper_ratio", "max"), spread_ratio_median=("spread_ratio", "median"),
         means_factor_median=("means_factor", "median"))
+    fitting = frame[fits(frame, max_train_error)].groupby("data")["share"].agg(
+        fit_runs="size", fit_share_min="min", fit_share_median="median", fit_share_max="max")
+    summary = summary.join(fitting)
+    return summary.assign(fit_runs=summary["fit_runs"].fillna(0).astype(int))
+
+
+def share_by_weight_decay(table: pd.DataFrame, max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.DataFrame:
+    """The share Phi / NC1 against lambda, the runs that fit their training set (:func:`fits`) apart from those
+    that do not: one row per dataset, lambda and ``fits`` with the runs' count and the share's min, median and max,
+    over the :func:`bounds_table` rows whose NC1 is defined and whose Phi is reliable."""
+    frame = _resolved(table)
+    frame = frame.assign(fits=fits(frame, max_train_error).astype(bool))
+    return (frame.groupby(["data", "weight_decay", "fits"])["share"]
+            .agg(runs="size", share_min="min", share_median="median", share_max="max").reset_index())
 
 
 def bounds_figure(tables: Mapping[str, pd.DataFrame], title: str = ""):
     """NC1 between its bounds against lambda (top row) and the share nc1_lower / nc1 (bottom row), one column per
     dataset; lines are means over seeds with min-max bands, from :func:`bounds_table` rows (lambda > 0, Phi
-    ``reliable``)."""
+    ``reliable``). The share's line and band are over the runs that fit their training set (:func:`fits`); the
+    others are crosses of their own."""
     import matplotlib.pyplot as plt
 
     from .plots import PAGE_FONTS, PAGE_WIDTH_IN
@@ -572,15 +662,22 @@ def bounds_figure(tables: Mapping[str, pd.DataFrame], title: str = ""):
                 top.plot(stats.index, stats["mean"], marker=marker, color=colour, markersize=3.5, linewidth=1.1,
                          label=label)
                 top.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
-            share = frame.groupby("weight_decay")["share"].agg(["mean", "min", "max"]).dropna()
-            bottom.plot(share.index, share["mean"], marker="o", color="tab:blue", markersize=3.5, linewidth=1.1)
+            fit = fits(frame)
+            share = frame[fit].groupby("weight_decay")["share"].agg(["mean", "min", "max"]).dropna()
+            bottom.plot(share.index, share["mean"], marker="o", color="tab:blue", markersize=3.5, linewidth=1.1,
+                        label=f"fits its training set (error ≤ {TERMINAL_TRAIN_ERROR:.1%})")
             bottom.fill_between(share.index, share["min"], share["max"], color="tab:blue", alpha=0.15, linewidth=0)
+            apart = frame[~fit].dropna(subset=["share"])
+            if len(apart):
+                bottom.scatter(apart["weight_decay"], apart["share"], marker="x", color="0.4", s=16, linewidths=1,
+                               label="does not fit", zorder=3)
             top.set(xscale="log", yscale="log", xlabel="λ", title=f"{name}: NC1 and its bounds")
             bottom.set(xscale="log", xlabel="λ", ylim=(0, 1.05), title=f"{name}: share of NC1 the outputs explain")
             bottom.set_ylabel(r"$\Phi$ / NC1")
             for ax in (top, bottom):
                 ax.grid(True, which="major", alpha=0.3)
             top.legend(frameon=False)
+            bottom.legend(frameon=False)
         if title:
             fig.suptitle(title)
     return fig

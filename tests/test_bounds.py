@@ -3,6 +3,7 @@
 import math
 from types import SimpleNamespace
 
+import mpmath
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,7 +88,7 @@ def test_item2_lower_bound_is_the_whitened_nc1_and_items_2_3_order(c, n_per_clas
 def test_identity_residuals_are_at_rounding(c, n_per_class, p, lam, spread):
     h, y = bounds.random_relu_features(c, n_per_class, p, spread=spread, seed=c)
     res = bounds.identity_residuals(h, y, lam)
-    for key in ("readout", "r_is_i_minus_f", "f_symmetric", "phi_whitened", "gap", "centred_classifier"):
+    for key in ("readout", "r_is_i_minus_f", "f_symmetric", "phi_whitened", "phi_routes", "gap", "centred_classifier"):
         assert res[key] < 1e-10, key
     assert 0 <= res["f_eigen_min"] and res["f_eigen_max"] < 1
     assert res["lower_margin"] >= 0 and res["upper_margin"] >= 0
@@ -274,6 +275,13 @@ def test_bounds_table_and_figure_from_runs():
     assert table["means_factor"].tolist() == pytest.approx([4.0] * 4)
     fig = bounds.bounds_figure({"MNIST": table, "CIFAR-10": table})
     assert len(fig.axes) == 4 and len(fig.axes[0].get_lines()) == 3
+    bottom = fig.axes[2]  # MNIST's share: a line over the runs that fit, no crosses when every run fits
+    assert len(bottom.get_lines()) == 1 and not bottom.collections[1:]
+    apart = table.assign(train_error=[0.0, 0.0, 0.3, 0.3])  # lambda = 0.1 does not fit
+    bottom = bounds.bounds_figure({"MNIST": apart}).axes[1]
+    assert list(bottom.get_lines()[0].get_xdata()) == [0.01]
+    crosses = bottom.collections[-1]
+    assert crosses.get_label() == "does not fit" and len(crosses.get_offsets()) == 2
 
 
 def test_the_page_summaries():
@@ -292,23 +300,71 @@ def test_the_page_summaries():
     assert summary.loc["mnist", "upper_ratio_median"] == 3.0 and summary.loc["mnist", "spread_ratio_median"] == 4.0
 
 
+def reference_phi(m, sigma_w, lam, digits=60):
+    """Tr(Z^T Sigma_W Z), Z = A M^T (M A M^T)^+ (the pseudo-inverse on its C - 1 largest eigenvalues), in mpmath
+    at ``digits`` decimal digits from the float64 inputs: the exact Phi of the matrices float64 holds."""
+    with mpmath.workdps(digits):
+        mm, s = mpmath.matrix(m.tolist()), mpmath.matrix(sigma_w.tolist())
+        a = (lam * mpmath.eye(s.rows) + s) ** -1
+        values, vectors = mpmath.eigsy(mm * a * mm.T)
+        kept = sorted(range(mm.rows), key=lambda i: -abs(values[i]))[:mm.rows - 1]
+        inverse = sum((vectors[:, i] * vectors[:, i].T / values[i] for i in kept), mpmath.zeros(mm.rows))
+        z = a * mm.T * inverse
+        return float(mpmath.fsum((z.T * s * z)[i, i] for i in range(mm.rows)))
+
+
+@pytest.mark.parametrize(("c", "p", "rank", "lam", "seed"),
+                         [(3, 5, 5, 0.1, 0), (10, 30, 12, 1e-3, 1), (4, 8, 2, 1.0, 2), (6, 64, 64, 1e-2, 3)])
+def test_the_stable_route_equals_the_pseudo_inverse_formula_on_well_conditioned_inputs(c, p, rank, lam, seed):
+    """||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2 = Tr((M A M^T)^+ M A Sigma_W A M^T (M A M^T)^+) in float64 on random
+    centred means and a random (possibly singular) Sigma_W, and cond(M A^{1/2}) = sqrt(cond(M A M^T))."""
+    rng = np.random.default_rng(seed)
+    proj = np.eye(c) - 1 / c
+    m = proj @ rng.normal(size=(c, p))  # M = P U^T: rows mu_c - mu_G
+    g = rng.normal(size=(p, rank))
+    sigma_w = g @ g.T / rank
+    a = np.linalg.inv(lam * np.eye(p) + sigma_w)
+    inverse = np.linalg.pinv(m @ a @ m.T, rcond=1e-10, hermitian=True)
+    old = np.trace(inverse @ m @ a @ sigma_w @ a @ m.T @ inverse)
+    phi, condition = bounds.whitened_lower_bound(sigma_w, m, lam)
+    assert phi == pytest.approx(old, rel=1e-10)
+    values = np.linalg.eigvalsh(m @ a @ m.T)[1:]  # the zero eigenvalue of the all-ones direction dropped
+    assert condition == pytest.approx(math.sqrt(values.max() / values.min()), rel=1e-8)
+    assert condition < bounds.RELIABLE_CONDITION
+    # as written on the page, with the square roots formed explicitly
+    assert phi == pytest.approx(np.linalg.norm(psd_sqrt(sigma_w) @ psd_sqrt(a) @ np.linalg.pinv(m @ psd_sqrt(a),
+                                                                                                 rcond=1e-10)) ** 2,
+                                rel=1e-8)
+    with pytest.raises(UndefinedCollapseError):
+        bounds.whitened_lower_bound(sigma_w, np.zeros((c, p)), lam)
+
+
+def nearly_flat_means(offset, c=4, lam=0.05):
+    """Random ReLU features with class 3's mean moved to within ``offset`` of the plane of the other three means."""
+    h, y = bounds.random_relu_features(c, 30, 12, seed=3)
+    means = torch.stack([h[y == k].mean(0) for k in range(c)])
+    target = (means[0] + means[1] + means[2]) / 3 + 0.5 * (means[1] - means[0]) + offset * torch.ones(h.shape[1])
+    flat = h.clone()
+    flat[y == 3] += target - means[3]
+    return flat, y
+
+
 def test_the_lower_bounds_condition_number_is_that_of_what_it_pseudo_inverts():
-    """nc1_lower_condition = s_max/s_min of P (R^-1 - I) P = M A M^T / C on its C - 1 directions; class means that
-    nearly lose a direction push it past RELIABLE_CONDITION, and such a run is left out of the page's shares."""
+    """lower_condition = s_max/s_min of M A^{1/2} (the stable route) and lower_condition_pinv (a settled row's
+    nc1_lower_condition) = that of P (R^-1 - I) P = M A M^T / C, on their C - 1 directions; class means that nearly
+    lose a direction push the latter past RELIABLE_CONDITION, and such a run is left out of the page's shares."""
     c, lam = 4, 0.05
     h, y = bounds.random_relu_features(c, 30, 12, seed=3)
     d = direct(h, y, lam)
     values = np.linalg.eigvalsh(d.m @ d.a @ d.m.T / c)[1:]  # the zero eigenvalue of the all-ones direction dropped
     got = bounds.output_spread_bounds(h, y, lam)
-    assert got["lower_condition"] == pytest.approx(values.max() / values.min(), rel=1e-8)
-    assert got["lower_condition"] < bounds.RELIABLE_CONDITION
-    # move class 3's features so that its mean lies within 1e-9 of the plane of the other three means
-    means = torch.stack([h[y == k].mean(0) for k in range(c)])
-    target = (means[0] + means[1] + means[2]) / 3 + 0.5 * (means[1] - means[0]) + 1e-9 * torch.ones(h.shape[1])
-    flat = h.clone()
-    flat[y == 3] += target - means[3]
+    assert got["lower_condition_pinv"] == pytest.approx(values.max() / values.min(), rel=1e-8)
+    assert got["lower_condition"] == pytest.approx(math.sqrt(got["lower_condition_pinv"]), rel=1e-8)
+    assert got["nc1_lower"] == pytest.approx(got["nc1_lower_pinv"], rel=1e-10)
+    assert got["lower_condition_pinv"] < bounds.RELIABLE_CONDITION
+    flat, y = nearly_flat_means(1e-9)
     degenerate = bounds.output_spread_bounds(flat, y, lam)
-    assert degenerate["lower_condition"] > bounds.RELIABLE_CONDITION
+    assert degenerate["lower_condition_pinv"] > bounds.RELIABLE_CONDITION
 
     def run(values):
         settled = pd.Series({"train_error": 0.5, "nc1": values["nc1"], "nc3_centred": 0.1,
@@ -318,4 +374,65 @@ def test_the_lower_bounds_condition_number_is_that_of_what_it_pseudo_inverts():
 
     table = bounds.bounds_table([run(got), run(degenerate)])
     assert table["reliable"].tolist() == [True, False]
+    assert table["nc1_lower"].tolist() == [got["nc1_lower_pinv"], degenerate["nc1_lower_pinv"]]  # as recorded
     assert bounds.bounds_summary(table).loc["mnist", "runs"] == 1
+
+
+@pytest.mark.parametrize("offset", [1e-7, 1e-9])
+def test_the_stable_route_resolves_what_the_pseudo_inverse_formula_cannot(offset):
+    """Class means within 1e-7 or 1e-9 of losing a direction: cond(M A M^T) is past RELIABLE_CONDITION, so the
+    outputs formula is flagged (and off), while cond(M A^{1/2}) is not, and the stable route agrees with Phi
+    computed at 60 digits from the same float64 Sigma_W and M; it stays below NC1."""
+    lam = 0.05
+    flat, y = nearly_flat_means(offset)
+    scatter = bounds.WithinClassScatter(4, flat.shape[1]).update(flat, y)
+    got = bounds.bounds_from_statistics(scatter, lam)
+    assert got["lower_condition_pinv"] > bounds.RELIABLE_CONDITION >= got["lower_condition"]
+    reference = reference_phi(scatter.classes.centred_means().numpy(), scatter.within_class_covariance().numpy(), lam)
+    assert got["nc1_lower"] == pytest.approx(reference, rel=1e3 * got["lower_condition"] * np.finfo(float).eps)
+    assert abs(got["nc1_lower_pinv"] - reference) > 1e-3 * reference  # what the flag leaves out
+    assert got["nc1_lower"] <= got["nc1"] <= got["nc1_upper"]
+
+
+def test_settled_rows_record_the_outputs_formula_as_before():
+    """The columns and their meaning are those of metrics versions 5-6: nc1_lower is item 2's outputs formula and
+    nc1_lower_condition cond(M A M^T), so that cached and published runs keep their meaning."""
+    assert list(bounds.SETTLED_COLUMNS.values()) == [
+        "nc1_lower", "nc1_upper", "nc1_outputs", "nc3_centred_ridge", "nc3_centred_within", "nc3_centred_asymmetry",
+        "output_asymmetry", "sigma_w_max", "sigma_w_means", "nc1_lower_condition"]
+    assert bounds.SETTLED_COLUMNS["nc1_lower_pinv"] == "nc1_lower"
+    assert bounds.SETTLED_COLUMNS["lower_condition_pinv"] == "nc1_lower_condition"
+    from ncpaper.models import make_model
+
+    torch.manual_seed(0)
+    model = make_model("mlp", (10,), 4, widths=[12, 9]).double()
+    split = SimpleNamespace(x=torch.randn(40, 10, dtype=torch.float64), y=torch.arange(40) % 4)
+    values = bounds.settled_columns(model, split, 0.02)
+    got = bounds.output_spread_bounds(model.features(split.x).detach(), split.y, 0.02)
+    assert values["nc1_lower"] == got["nc1_lower_pinv"] and values["nc1_lower_condition"] == got["lower_condition_pinv"]
+
+
+def test_the_share_is_taken_over_the_runs_that_fit_their_training_set():
+    """bounds_summary's fit_share_* and share_by_weight_decay keep the runs with training error above
+    TERMINAL_TRAIN_ERROR apart; unresolved and undefined rows are in neither."""
+    from ncpaper.analysis import TERMINAL_TRAIN_ERROR
+
+    table = pd.DataFrame({
+        "data": ["mnist"] * 6, "weight_decay": [0.01, 0.01, 0.1, 0.1, 1.0, 1.0],
+        "train_error": [0.0, TERMINAL_TRAIN_ERROR, 0.0, 0.05, 0.9, 0.0],
+        "nc1": [1.0, 1.0, 1.0, 1.0, 1.0, math.nan], "nc1_lower": [0.2, 0.4, 0.5, 0.99, 1.0, math.nan],
+        "nc1_upper": [2.0] * 5 + [math.nan], "share": [0.2, 0.4, 0.5, 0.99, 1.0, math.nan],
+        "upper_ratio": [2.0] * 5 + [math.nan], "spread_ratio": [1.0] * 6, "means_factor": [1.0] * 6,
+        "reliable": [True, True, True, True, True, True]})
+    assert bounds.fits(table).tolist() == [True, True, True, False, False, True]
+    summary = bounds.bounds_summary(table).loc["mnist"]
+    assert summary["runs"] == 5 and summary["share_max"] == 1.0
+    assert summary["fit_runs"] == 3 and (summary["fit_share_min"], summary["fit_share_max"]) == (0.2, 0.5)
+    by_lambda = bounds.share_by_weight_decay(table).set_index(["weight_decay", "fits"])
+    assert by_lambda.loc[(0.01, True), "runs"] == 2 and by_lambda.loc[(0.01, True), "share_max"] == 0.4
+    assert by_lambda.loc[(0.1, True), "share_median"] == 0.5 and by_lambda.loc[(0.1, False), "share_median"] == 0.99
+    assert (1.0, True) not in by_lambda.index and by_lambda.loc[(1.0, False), "runs"] == 1
+    table.loc[0, "reliable"] = False  # an unresolved Phi is in no share
+    assert bounds.share_by_weight_decay(table).set_index(["weight_decay", "fits"]).loc[(0.01, True), "runs"] == 1
+    nobody = bounds.bounds_summary(table.assign(train_error=0.5)).loc["mnist"]
+    assert nobody["fit_runs"] == 0 and math.isnan(nobody["fit_share_max"])

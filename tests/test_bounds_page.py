@@ -1,11 +1,13 @@
 """The bounds page's sentences and tables (ncpaper.pages.bounds), on constructed bounds tables."""
 
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 
+from ncpaper.analysis import TERMINAL_TRAIN_ERROR
 from ncpaper.bounds import RELIABLE_CONDITION
-from ncpaper.pages.bounds import BoundsPage, identity_markdown
+from ncpaper.pages.bounds import BoundsPage, identity_markdown, share_markdown, share_table_frame, takeaway
 
 
 def _row(data, wd, seed, nc1, lower, upper, condition=1e3, train_error=0.0, sigma_ratio=2.0):
@@ -38,7 +40,10 @@ def test_the_settled_paragraph_counts_runs_and_leaves_out_what_float64_cannot_re
     assert "on every one of them $\\Phi \\le \\mathrm{NC1} \\le$ upper." in text
     assert "On the other 1, at λ = 0.2 with 30% to 30% of the training set misclassified" in text
     assert "condition number 1e+15 to 1e+15" in text
-    assert text.endswith("The outputs alone explain 50% to 90% of the measured NC1.")
+    assert "The stable route of item 2 would divide by only the square root of that condition number, but it needs" \
+        in text
+    assert text.endswith("Of the 2 runs whose Φ is resolved, 2 fit their training set (training error at most 0.2%): "
+                         "on them the outputs alone explain 50% to 90% of the measured NC1. By λ: the table below.")
     page.__dict__["figure_table"].loc[0, "nc1_lower"] = 1.2  # Phi above NC1 on a resolved run
     page.__dict__.pop("every")
     assert "**the ordering fails on 1 of them**" in page.settled_markdown()
@@ -48,8 +53,8 @@ def test_the_looseness_table_and_sentence_name_the_looser_dataset():
     page = _page([_row("MNIST", 0.01, 0, 1.0, 0.5, 2.0), _row("CIFAR-10", 0.01, 1, 1.0, 0.9, 30.0, sigma_ratio=9.0)],
                  [])
     frame = page.looseness().set_index("data")
-    assert frame.loc["CIFAR-10", "upper / NC1"] == "30 (at most 30)" and frame.loc["MNIST", "Φ / NC1"] == \
-        "50% (50% to 50%)"
+    assert frame.loc["CIFAR-10", "upper / NC1"] == "30 (at most 30)"
+    assert frame.loc["MNIST", "Φ / NC1, runs that fit"] == "50% (1 run)"
     assert page.looseness_markdown() == ("The upper bound is looser on CIFAR-10, where the within-class spread is "
                                          "also larger against λ, as item 3 predicts.")
     assert "where the upper bound is loose" in page.looseness_table().text
@@ -69,3 +74,56 @@ def test_the_random_feature_check_names_the_setting_where_the_lower_bound_explai
                                          "features and $n$ = 15 examples.")
     checks.loc[1, "ordered"] = False
     assert "**a bound fails in some setting**" in identity_markdown(checks)
+
+
+def test_the_takeaway_says_what_each_bound_needs():
+    text = takeaway()
+    assert "bounded below by the outputs alone" in text
+    assert ("above by the outputs with λ and the features' centred-means Gram matrix $G$ and "
+            "$s_{\\max}(\\Sigma_W)$") in text
+    assert "below and above by the outputs alone" not in text
+
+
+def test_the_share_is_over_the_runs_that_fit_and_the_others_are_apart():
+    """A run that misclassifies more than TERMINAL_TRAIN_ERROR of its training set is out of the share's range (its
+    100% would be its end) and shown apart, in the sentence and in the table by λ."""
+    rows = [_row("MNIST", 0.001, 0, 1.0, 0.1, 2.0),
+            _row("MNIST", 0.001, 1, 1.0, 0.3, 2.0, train_error=TERMINAL_TRAIN_ERROR),  # at most 0.2%: fits
+            _row("MNIST", 0.01, 0, 1.0, 0.6, 2.0), _row("MNIST", 1.0, 0, 1.0, 1.0, 2.0, train_error=0.9),
+            _row("CIFAR-10", 0.01, 0, 1.0, 0.4, 2.0), _row("CIFAR-10", 0.01, 1, 1.0, 0.95, 2.0, train_error=0.05)]
+    resolved = pd.DataFrame(rows)
+    assert share_markdown(resolved) == (
+        "Of the 6 runs whose Φ is resolved, 4 fit their training set (training error at most 0.2%): on them the "
+        "outputs alone explain 10% to 60% of the measured NC1; the 2 that do not fit (λ = 0.01, 1, training error 5% "
+        "to 90%) are counted apart, with Φ / NC1 95% to 100%. By λ: the table below.")
+    frame = share_table_frame(resolved).set_index("λ")
+    assert list(frame.columns) == ["CIFAR-10: fits", "CIFAR-10: does not fit", "MNIST: fits", "MNIST: does not fit"]
+    assert frame.loc[0.001, "MNIST: fits"] == "20% (10% to 30%, 2 runs)"
+    assert frame.loc[1.0, "MNIST: does not fit"] == "100% (1 run)" and pd.isna(frame.loc[1.0, "MNIST: fits"])
+    assert frame.loc[0.01, "CIFAR-10: does not fit"] == "95% (1 run)"
+    nobody = resolved.assign(train_error=0.5)
+    assert share_markdown(nobody, by_lambda=False).startswith("Of the 6 runs whose Φ is resolved, none fits its "
+                                                              "training set (training error at most 0.2%); the 6")
+    assert share_markdown(resolved.iloc[:0]) == "" and share_table_frame(resolved.iloc[:0]).empty
+    # on the page: only resolved runs count, and the table is there
+    page = _page(rows, [_row("mnist", 0.1, 0, 1.0, 1.2, 2.0, condition=1e15, train_error=0.0)])
+    assert page.settled_markdown().endswith(share_markdown(resolved))
+    assert "does not fit" in page.share_table().text
+    looseness = page.looseness().set_index("data")
+    assert looseness.loc["MNIST", "Φ / NC1, runs that fit"] == "30% (10% to 60%, 3 runs)"
+
+
+def test_the_full_scale_sentence_takes_the_share_over_the_runs_that_fit():
+    def run(lam, train_error, lower):
+        settled = pd.Series({"train_error": train_error, "nc1": 1.0, "nc1_lower": lower, "nc1_upper": 2.0,
+                             "sigma_w_max": lam, "sigma_w_means": lam, "nc1_outputs": lower, "nc3_centred": 0.1,
+                             "nc3_centred_ridge": 0.1, "nc3_centred_within": 0.1, "nc3_centred_asymmetry": 0.1,
+                             "output_asymmetry": 0.1, "nc1_lower_condition": 10.0})
+        return SimpleNamespace(settled=settled, config=SimpleNamespace(weight_decay=lam, seed=0),
+                               meta={"data": {"train": {"dataset": "cifar10"}}})
+
+    page = BoundsPage("smoke", figure_runs=[], phase_runs={}, published=[run(0.001, 0.0, 0.2), run(1.0, 0.9, 1.0)])
+    assert page.full_scale_markdown() == (
+        "The 2 full-scale weight-decay runs (profile 'paper') have these columns. Of the 2 runs whose Φ is resolved, "
+        "1 fits its training set (training error at most 0.2%): on it the outputs alone explain 20% of the measured "
+        "NC1; the 1 that does not fit (λ = 1, training error 90%) is counted apart, with Φ / NC1 100%.")

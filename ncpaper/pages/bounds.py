@@ -12,11 +12,75 @@ from functools import cached_property
 
 import pandas as pd
 
+from ..analysis import TERMINAL_TRAIN_ERROR
 from .display import _HTML, table
 from .figures import FigureFiles, page_figure
-from .prose import lambda_list
+from .prose import lambda_list, percent
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def takeaway() -> str:
+    """The page's takeaway: what each bound needs. Phi (item 2) is written in the outputs alone (F and Sigma_f);
+    the upper bound (item 3) needs besides them lambda, G = M M^T and s_max(Sigma_W), which are the features'."""
+    return ("Beyond the paper: the NC1 of the last hidden layer is bounded below by the outputs alone (their mean "
+            "per class and spread within a class), and above by the outputs with λ and the features' centred-means "
+            r"Gram matrix $G$ and $s_{\max}(\Sigma_W)$. All six parts are proved and hold to rounding on random "
+            "features.")
+
+
+def _runs(count) -> str:
+    return f"{int(count)} run" + ("" if count == 1 else "s")
+
+
+def _share_range(median: float, low: float, high: float, count) -> str:
+    """'62% (55% to 70%, 3 runs)', or '62% (1 run)'."""
+    return f"{median:.0%} ({_runs(count)})" if count == 1 else f"{median:.0%} ({low:.0%} to {high:.0%}, {_runs(count)})"
+
+
+def _span(values: pd.Series, form=lambda v: f"{v:.0%}") -> str:
+    """'10% to 60%', or '20%' when every value reads the same."""
+    low, high = form(values.min()), form(values.max())
+    return low if low == high else f"{low} to {high}"
+
+
+def share_markdown(resolved: pd.DataFrame, max_train_error: float = TERMINAL_TRAIN_ERROR,
+                   by_lambda: bool = True) -> str:
+    """The share Phi / NC1 of NC1 the outputs explain, over the runs that fit their training set (training error
+    at most ``max_train_error``), and the runs that do not fit apart; ``resolved``: :func:`ncpaper.bounds.bounds_table`
+    rows whose Phi is defined and resolved. ``by_lambda``: point to the table of :func:`share_table_frame`."""
+    from ..bounds import fits
+
+    if resolved.empty:
+        return ""
+    fit = fits(resolved, max_train_error)
+    fitting, apart = resolved[fit], resolved[~fit]
+    rule = f"training error at most {percent(max_train_error)}"
+    text = f"Of the {len(resolved)} runs whose Φ is resolved, " + (
+        f"{len(fitting)} {'fits its' if len(fitting) == 1 else 'fit their'} training set ({rule}): on "
+        f"{'it' if len(fitting) == 1 else 'them'} the outputs alone explain {_span(fitting['share'])} of the measured "
+        "NC1" if len(fitting) else f"none fits its training set ({rule})")
+    if len(apart):
+        one = len(apart) == 1
+        text += (f"; the {len(apart)} that {'does' if one else 'do'} not fit (λ = "
+                 f"{lambda_list(set(apart['weight_decay']))}, training error {_span(apart['train_error'], percent)}) "
+                 f"{'is' if one else 'are'} counted apart, with Φ / NC1 {_span(apart['share'])}")
+    return text + (". By λ: the table below." if by_lambda else ".")
+
+
+def share_table_frame(resolved: pd.DataFrame, max_train_error: float = TERMINAL_TRAIN_ERROR) -> pd.DataFrame:
+    """:func:`ncpaper.bounds.share_by_weight_decay` as the page shows it: one row per λ, for each dataset the share
+    Phi / NC1 (median, min to max, runs) of the runs that fit their training set and of those that do not."""
+    from ..bounds import share_by_weight_decay
+
+    long = share_by_weight_decay(resolved, max_train_error)
+    if long.empty:
+        return pd.DataFrame(columns=["λ"])
+    long = long.assign(cell=[_share_range(*v) for v in long[["share_median", "share_min", "share_max", "runs"]].values],
+                       column=long["data"] + long["fits"].map({True: ": fits", False: ": does not fit"}))
+    wide = long.pivot(index="weight_decay", columns="column", values="cell")
+    order = [f"{d}: {k}" for d in dict.fromkeys(long["data"]) for k in ("fits", "does not fit")]
+    return wide.reindex(columns=[c for c in order if c in wide]).reset_index(names="λ").rename_axis(columns=None)
 
 
 def identity_markdown(checks: pd.DataFrame) -> str:
@@ -123,15 +187,16 @@ class BoundsPage:
             f"On the other {len(rounding)}, at λ = {lambda_list(set(rounding['weight_decay']))} with "
             f"{rounding['train_error'].min():.0%} to {rounding['train_error'].max():.0%} of the training set "
             f"misclassified, the centred class means nearly lose a direction: the matrix $P(R^{{-1}} - I)P$ that "
-            f"$\\Phi$ pseudo-inverts has condition number {rounding['lower_condition'].min():.0e} to "
+            f"the recorded $\\Phi$ pseudo-inverts has condition number {rounding['lower_condition'].min():.0e} to "
             f"{rounding['lower_condition'].max():.0e}, so float64 rounding decides $\\Phi$ there and those runs are "
             "left out of the check and of the shares below (they are not counterexamples: item 2 is proved; "
-            "settling the same network again gives other values of $\\Phi$ there). " if len(rounding) else "")
+            "settling the same network again gives other values of $\\Phi$ there). The stable route of item 2 would "
+            "divide by only the square root of that condition number, but it needs $\\Sigma_W$ and $M$, which a "
+            "settled row does not keep. " if len(rounding) else "")
         holds = ("on every one of them $\\Phi \\le \\mathrm{NC1} \\le$ upper. " if ordered.all() else
                  f"**the ordering fails on {int((~ordered).sum())} of them**: $\\Phi \\le \\mathrm{{NC1}} \\le$ upper "
                  "does not hold there. ")
-        share = (f"The outputs alone explain {reliable['share'].min():.0%} to {reliable['share'].max():.0%} of the "
-                 "measured NC1." if len(reliable) else "")
+        share = share_markdown(reliable)
         return (f"Of the {len(every)} settled weight-decay runs, {len(defined)} have distinct class means; the other "
                 f"{len(every) - len(defined)} sit at the trivial solution $f = 0$, where NC1 is undefined. Of those "
                 f"{len(defined)}, {len(reliable)} have a lower bound that float64 resolves (condition number of what "
@@ -148,6 +213,16 @@ class BoundsPage:
                      f"Table: NC1 and its bounds at the settled points of Figures 1-2's weight-decay runs (profile "
                      f"'{self.profile}').", precision=3)
 
+    def share_table(self) -> _HTML | None:
+        """:func:`share_table_frame` of the resolved settled runs (figure and phase runs)."""
+        frame = share_table_frame(self.reliable)
+        if frame.empty:
+            return None
+        return table(frame, f"Table: the share Φ / NC1 of NC1 the outputs explain against λ, median (min to max) "
+                            f"over the settled runs whose Φ is resolved (profile '{self.profile}'), the runs that fit "
+                            f"their training set (training error at most {percent(TERMINAL_TRAIN_ERROR)}) apart from "
+                            "those that do not; dashes: no such run.", formats={"λ": "{:g}"})
+
     def figure(self) -> FigureFiles:
         from ..bounds import RELIABLE_CONDITION, bounds_figure
 
@@ -160,17 +235,20 @@ class BoundsPage:
             caption=(f"NC1 of the last hidden layer at the settled points of the phase diagrams' runs (profile "
                      f"'{self.profile}'), between its lower bound Φ from the outputs alone (item 2) and the upper "
                      "bound of item 3, across λ (top), and the share Φ / NC1 of NC1 that the outputs explain "
-                     "(bottom). Lines: means over seeds; bands: min-max over seeds. λ with every seed at f = 0 have "
-                     "no point; runs whose Φ float64 cannot resolve (condition number above "
+                     "(bottom). Lines: means over seeds; bands: min-max over seeds; in the bottom row the line and "
+                     "band are over the runs that fit their training set (training error at most "
+                     f"{percent(TERMINAL_TRAIN_ERROR)}) and crosses mark the runs that do not. λ with every seed at "
+                     "f = 0 have no point; runs whose Φ float64 cannot resolve (condition number above "
                      f"{RELIABLE_CONDITION:.0e}, listed below) are left out."),
             alt=("Two columns of plots, MNIST and CIFAR-10, against weight decay on a log axis: top, NC1 with its "
-                 "lower and upper bounds on a log axis; bottom, the ratio of the lower bound to NC1 between 0 and 1."),
+                 "lower and upper bounds on a log axis; bottom, the ratio of the lower bound to NC1 between 0 and 1, "
+                 "a line for the runs that fit their training set and crosses for those that do not."),
             root=self.root)
 
     def looseness(self) -> pd.DataFrame:
         """Per dataset, medians over its reliable runs (:func:`ncpaper.bounds.bounds_summary`) as the page shows
         them: s_max / lambda, the upper bound's factor at the means' variance, the upper bound over NC1 and the
-        share of NC1 that Phi explains."""
+        share of NC1 that Phi explains on the runs that fit their training set (``fit_runs`` of them)."""
         from ..bounds import bounds_summary
 
         summary = bounds_summary(self.defined)
@@ -178,7 +256,9 @@ class BoundsPage:
             "data": name, "runs": int(row["runs"]), "s_max(Σ_W)/λ": row["spread_ratio_median"],
             "((λ + s_max)/(λ + σ̄))²": row["means_factor_median"],
             "upper / NC1": f"{row['upper_ratio_median']:.3g} (at most {row['upper_ratio_max']:.3g})",
-            "Φ / NC1": f"{row['share_median']:.0%} ({row['share_min']:.0%} to {row['share_max']:.0%})"}
+            "Φ / NC1, runs that fit": (_share_range(row["fit_share_median"], row["fit_share_min"],
+                                                    row["fit_share_max"], row["fit_runs"])
+                                       if row["fit_runs"] else "no run fits")}
             for name, row in summary.iterrows()])
 
     def looseness_table(self) -> _HTML | None:
@@ -186,8 +266,9 @@ class BoundsPage:
         if frame.empty:
             return None
         return table(frame, "Table: where the upper bound is loose, per dataset: medians over its settled runs "
-                            "whose Φ is resolved (figure and phase runs); upper / NC1 and Φ / NC1 with their "
-                            "largest value or range.", precision=3)
+                            "whose Φ is resolved (figure and phase runs); upper / NC1 with its largest value, and "
+                            "Φ / NC1 with its range over the runs that fit their training set (training error at "
+                            f"most {percent(TERMINAL_TRAIN_ERROR)}).", precision=3)
 
     def looseness_markdown(self) -> str:
         """Which dataset's upper bound is looser, and whether its within-class spread against lambda says why."""
@@ -231,8 +312,10 @@ class BoundsPage:
             return "The full-scale runs (profile 'paper') are not published yet; their columns come with them."
         with_columns = bounds_table(self.published)
         if len(with_columns) == len(self.published):
-            return (f"The {len(self.published)} full-scale weight-decay runs (profile 'paper') have these columns; "
-                    f"their Φ / NC1 is {with_columns['share'].min():.0%} to {with_columns['share'].max():.0%}.")
+            resolved = with_columns.dropna(subset=["nc1", "nc1_lower", "nc1_upper"])
+            resolved = resolved[resolved["reliable"].astype(bool)]
+            return (f"The {len(self.published)} full-scale weight-decay runs (profile 'paper') have these columns. "
+                    + share_markdown(resolved, by_lambda=False))
         versions = sorted({r.meta["metrics_version"] for r in self.published})
         return (f"**Full scale.** The {len(self.published)} full-scale weight-decay runs (profile 'paper', "
                 f"`published/paper/`) were measured with metrics version {', '.join(map(str, versions))}, before "
@@ -246,19 +329,24 @@ class BoundsPage:
                               "lower_condition"]].sort_values(["runs", "data", "weight_decay", "seed"], kind="stable")
         return table(listing.rename(columns={"runs": "part", "nc1_lower": "Φ (lower)", "nc1_upper": "upper",
                                              "lower_condition": "condition of Φ"}),
-                     f"Table: NC1, its lower bound Φ and its upper bound at every settled weight-decay run (profile "
-                     f"'{self.profile}'); dashes: f = 0; condition of Φ above {RELIABLE_CONDITION:.0e}: float64 "
-                     "cannot resolve Φ.", precision=3)
+                     f"Table: NC1, its lower bound Φ (as recorded: item 2's outputs formula) and its upper bound at "
+                     f"every settled weight-decay run (profile '{self.profile}'); dashes: f = 0; condition of Φ "
+                     f"(of M A Mᵀ) above {RELIABLE_CONDITION:.0e}: float64 cannot resolve Φ.", precision=3)
 
     def glue(self) -> None:
         """Glue the page's counts and shares (for the tests), without displaying anything."""
+        from ..bounds import fits
         from .display import glue_numbers
 
         reliable = self.reliable
+        fitting = reliable[fits(reliable)]
         glue_numbers({"n_settled": len(self.every), "n_defined": len(self.defined), "n_reliable": len(reliable),
                       "all_ordered": bool(self.ordered().all()),
                       "share_min": float(reliable["share"].min()) if len(reliable) else float("nan"),
                       "share_max": float(reliable["share"].max()) if len(reliable) else float("nan"),
+                      "n_fit": len(fitting),
+                      "fit_share_min": float(fitting["share"].min()) if len(fitting) else float("nan"),
+                      "fit_share_max": float(fitting["share"].max()) if len(fitting) else float("nan"),
                       "nc3_runs": len(self.nc3_split()), "nc3_within_dominates": self.spread_dominates()})
 
 
