@@ -125,6 +125,43 @@ class AlternativesPage:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def lowest(self, dataset: str, measure: str) -> dict:
+        """The lowest seed-mean end value of ``measure`` without weight decay over every setting of arms A, C, D, and
+        the lowest with it (any fitting lambda > 0, any setting): is the best of lambda = 0 as good as the best of
+        weight decay, whatever the knobs?"""
+        zero, positive = [], []
+        for c in self.of(dataset):
+            if c.arm == "small_lambda":
+                continue
+            zero.append((float(c.zero[f"{measure}_end"].mean()), c.setting, 0.0))
+            fitting = c.after[c.after["weight_decay"] > 0].groupby("weight_decay").filter(
+                lambda runs: bool(runs["t_star"].notna().all()))
+            for wd, runs in fitting.groupby("weight_decay"):
+                positive.append((float(runs[f"{measure}_end"].mean()), c.setting, float(wd)))
+        (z, z_setting, _), (p, p_setting, p_wd) = min(zero), min(positive)
+        return {"zero": z, "zero_setting": z_setting, "positive": p, "positive_setting": p_setting,
+                "positive_lambda": p_wd, "fold": z / p if p > 0 else math.inf}
+
+    def lowest_frame(self) -> pd.DataFrame:
+        """Per dataset and measure: the lowest value without weight decay over every setting against the lowest with
+        it, their settings and the fold."""
+        rows = []
+        for d in self.datasets:
+            for m, name in MEASURES.items():
+                low = self.lowest(d, m)
+                fold = "both 0" if low["zero"] == low["positive"] == 0 else (
+                    "to 0" if not math.isfinite(low["fold"]) else f"{low['fold']:.2g}×")
+                if m == "nc4":
+                    n = self.n_train[d]
+                    values = (f"{low['zero'] * n:.2g} of {n}", f"{low['positive'] * n:.2g} of {n}")
+                else:
+                    values = (f"{low['zero']:.2g}", f"{low['positive']:.2g}")
+                rows.append({"data": DATASET_NAMES[d], "measure": name, "lowest at λ = 0": values[0],
+                             "its setting": low["zero_setting"], "lowest at λ > 0": values[1],
+                             "its setting and λ": f"{low['positive_setting']}, λ = {low['positive_lambda']:g}",
+                             "fold": fold})
+        return pd.DataFrame(rows)
+
     def answer(self, dataset: str, measure: str) -> str:
         """The restated answer for one dataset and measure, in words (which settings make it unnecessary)."""
         answer, settings = measure_answer(self.of(dataset), measure)
