@@ -30,8 +30,21 @@ import pandas as pd
 from .analysis import after_interpolation, collapse_time, training_rows
 from .necessity import COLLAPSE_FACTOR, FLOORS, REACH, Verdict, verdict
 
-__all__ = ["ARMS", "COLLAPSE_WITHIN", "MEASURES", "Comparison", "collapse_slope", "collapse_times", "comparisons",
-           "fit_power_law", "knob_frame", "measure_answer", "small_lambda_frame"]
+__all__ = [
+    "ARMS",
+    "COLLAPSE_WITHIN",
+    "MEASURES",
+    "Comparison",
+    "baseline_value",
+    "collapse_slope",
+    "collapse_times",
+    "comparisons",
+    "fit_power_law",
+    "knob_frame",
+    "measure_answer",
+    "outcome",
+    "small_lambda_frame",
+]
 
 # The measures judged: NC1, NC3 against the centred and the raw classifier, NC4 (a fraction of training examples).
 MEASURES = {"nc1": "NC1", "nc3_centred": "NC3 (W centred)", "nc3": "NC3 (raw W)", "nc4": "NC4"}
@@ -138,23 +151,48 @@ def comparisons(table: pd.DataFrame, knobs: pd.DataFrame) -> list[Comparison]:
     return out
 
 
+def outcome(comparison: Comparison, measure: str, baseline: float) -> str:
+    """The verdict of one comparison, with its "no" split in two: "yes", "not decided", "no" (lambda = 0 collapses
+    too: its seed mean is at most 1/COLLAPSE_FACTOR of ``baseline``, lambda = 0's value at the horizon runs' knobs, or
+    at the measure's floor) or "neither collapses" (lambda = 0 is within COLLAPSE_FACTOR of weight decay, but neither
+    is collapsed: weight decay does not help in that setting either, which says nothing about necessity)."""
+    v = comparison.verdict(measure)
+    if v.answer != "no":
+        return v.answer
+    zero = float(comparison.zero[f"{measure}_end"].mean())
+    collapsed = zero <= max(FLOORS.get(measure, 0.0), baseline / COLLAPSE_FACTOR)
+    return "no" if collapsed else "neither collapses"
+
+
+def baseline_value(rows: list[Comparison], measure: str) -> float:
+    """lambda = 0's seed-mean end value at the horizon runs' knobs (the default setting of arm A) among ``rows``."""
+    default = [c for c in rows if c.arm == "implicit" and c.setting == DEFAULT_SETTING]
+    if not default:
+        raise ValueError(f"no comparison at the default knobs ({DEFAULT_SETTING}) to take lambda = 0's value from")
+    return float(default[0].zero[f"{measure}_end"].mean())
+
+
 def measure_answer(rows: list[Comparison], measure: str) -> tuple[str, list[str]]:
     """Is weight decay necessary for ``measure``, over the comparisons of arms A, C and D on one dataset?
 
-    Returns (answer, settings): "necessary in every setting tried" (every comparison "yes"); "not necessary" with
-    the settings where lambda = 0 reaches the weight-decay value (a "no"); otherwise "necessary in k of n settings"
-    with the settings not decided. Arm B (a small lambda against none) cannot show that weight decay is unneeded.
+    Returns (answer, settings): "not necessary" with the settings where lambda = 0 collapses as far as weight decay
+    (:func:`outcome` "no"); else "necessary in every setting tried" when every comparison is "yes"; else "necessary
+    in k of n settings" with the settings that are not ("not decided", or "neither collapses"). Arm B (a small lambda
+    against none) cannot show that weight decay is unneeded.
     """
-    judged = [(c, c.verdict(measure).answer) for c in rows if c.arm != "small_lambda"]
+    judged = [c for c in rows if c.arm != "small_lambda"]
     if not judged:
         raise ValueError("no comparison of arms A, C or D to judge")
-    noes = [_setting_name(c) for c, a in judged if a == "no"]
+    baseline = baseline_value(rows, measure)
+    outcomes = [(c, outcome(c, measure, baseline)) for c in judged]
+    noes = [_setting_name(c) for c, a in outcomes if a == "no"]
     if noes:
         return "not necessary", noes
-    yes = sum(a == "yes" for _, a in judged)
-    if yes == len(judged):
+    yes = sum(a == "yes" for _, a in outcomes)
+    if yes == len(outcomes):
         return "necessary in every setting tried", []
-    return f"necessary in {yes} of {len(judged)} settings", [_setting_name(c) for c, a in judged if a != "yes"]
+    return f"necessary in {yes} of {len(outcomes)} settings", [f"{_setting_name(c)}: {a}" for c, a in outcomes
+                                                                if a != "yes"]
 
 
 def _setting_name(comparison: Comparison) -> str:

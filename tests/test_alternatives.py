@@ -55,7 +55,12 @@ def test_one_setting_where_lambda_zero_reaches_weight_decay_makes_it_not_necessa
     small_lambda = after("λ = 0.0001", "small_lambda", [0.1] * 3, [0.09] * 3, lam=0.0001)
     assert measure_answer([default, small_lambda], "nc1")[0] == "necessary in every setting tried"
     overlapping = after("cross-entropy", "cross_entropy", [0.1, 0.1, 0.004], [0.001, 0.001, 0.002])
-    assert measure_answer([default, overlapping], "nc1") == ("necessary in 1 of 2 settings", ["cross-entropy"])
+    assert measure_answer([default, overlapping], "nc1") == ("necessary in 1 of 2 settings",
+                                                             ["cross-entropy: not decided"])
+    # within 5x of weight decay, but neither collapsed (both near lambda = 0's value at the default knobs)
+    neither = after("cross-entropy", "cross_entropy", [0.08] * 3, [0.05] * 3)
+    assert measure_answer([default, neither], "nc1") == ("necessary in 1 of 2 settings",
+                                                         ["cross-entropy: neither collapses"])
     with pytest.raises(ValueError, match="no comparison"):
         measure_answer([small_lambda], "nc1")
 

@@ -20,11 +20,13 @@ from ..alternatives import (
     DEFAULT_SETTING,
     MEASURES,
     Comparison,
+    baseline_value,
     collapse_slope,
     collapse_times,
     comparisons,
     knob_frame,
     measure_answer,
+    outcome,
     small_lambda_frame,
 )
 from ..analysis import TERMINAL_TRAIN_ERROR
@@ -48,6 +50,11 @@ def _value(values, digits: int = 2) -> str:
         return "–"
     lo, hi = min(values), max(values)
     return f"{lo:.{digits}g}" if f"{lo:.{digits}g}" == f"{hi:.{digits}g}" else f"{lo:.{digits}g}–{hi:.{digits}g}"
+
+
+def _fold(value: float) -> str:
+    """A ratio for prose and cells: two significant digits, whole numbers from 100 on (340, not 3.4e+02)."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2g}"
 
 
 def _count(fractions, n: int) -> str:
@@ -100,8 +107,9 @@ class AlternativesPage:
         return self.knobs.groupby("dataset")["n_train"].first().to_dict()
 
     def cell(self, comparison: Comparison, measure: str) -> str:
-        """lambda = 0's end values over seeds against the best lambda > 0's, the fold and the answer."""
+        """lambda = 0's end values over seeds against the best lambda > 0's, the fold and the outcome."""
         v = comparison.verdict(measure)
+        answer = outcome(comparison, measure, baseline_value(self.of(comparison.dataset), measure))
         if math.isnan(v.best_lambda):
             return f"{v.answer}: {v.reason}"
         best = comparison.at(v.best_lambda)
@@ -109,9 +117,9 @@ class AlternativesPage:
             n = self.n_train[comparison.dataset]
             values = f"{_count(comparison.zero['nc4_end'], n)} → {_count(best['nc4_end'], n)}"
         else:
-            fold = f"{v.gap:.2g}×" if math.isfinite(v.gap) else "to 0"
+            fold = f"{_fold(v.gap)}×" if math.isfinite(v.gap) else "to 0"
             values = f"{_value(comparison.zero[measure + '_end'])} → {_value(best[measure + '_end'])} ({fold})"
-        return f"{v.answer}: {values}, λ = {v.best_lambda:g}"
+        return f"{answer}: {values}, λ = {v.best_lambda:g}"
 
     def answer_frame(self, dataset: str) -> pd.DataFrame:
         """One row per comparison (arm, setting) on ``dataset``; per measure, λ = 0's end values (seed range) → the
@@ -150,7 +158,7 @@ class AlternativesPage:
             for m, name in MEASURES.items():
                 low = self.lowest(d, m)
                 fold = "both 0" if low["zero"] == low["positive"] == 0 else (
-                    "to 0" if not math.isfinite(low["fold"]) else f"{low['fold']:.2g}×")
+                    "to 0" if not math.isfinite(low["fold"]) else f"{_fold(low['fold'])}×")
                 if m == "nc4":
                     n = self.n_train[d]
                     values = (f"{low['zero'] * n:.2g} of {n}", f"{low['positive'] * n:.2g} of {n}")
@@ -198,7 +206,8 @@ class AlternativesPage:
             parts.append("**not necessary** for " + _pairs(groups["not necessary"]) + ": at λ = 0 some knob reaches "
                          "the weight-decay value")
         if groups["mixed"]:
-            parts.append("not decided in some settings for " + _pairs(groups["mixed"]))
+            parts.append("necessary in some settings (others undecided, or neither collapses) for "
+                         + _pairs(groups["mixed"]))
         return ("**Is weight decay necessary?** " + "; ".join(parts) + f". After interpolation, seeds "
                 f"{', '.join(map(str, self.seeds))}, {len(self.settings_tried())} settings; our rule, not the paper's.")
 
@@ -279,8 +288,11 @@ class AlternativesPage:
                 f"(a power law over the last decade of epochs) closing the gap would take more than "
                 f"{REACH:g} times the run's epochs (the extrapolation test). **Not decided**: anything else (the "
                 f"seeds overlap, or λ = 0 still falls fast enough). So \"no\" is judged on seed means while \"yes\" "
-                f"needs every pairing of seeds. A measure is *not necessary* where some setting at λ = 0 gets a no; "
-                f"arm B (a small λ against none) cannot make it so.")
+                f"needs every pairing of seeds. A \"no\" counts as λ = 0 *collapsing too* only where λ = 0's seed "
+                f"mean is itself at least {COLLAPSE_FACTOR:g} times below its value at the horizon runs' knobs (or at "
+                f"the floor); otherwise the page says **neither collapses** (weight decay does not help there either, "
+                f"which says nothing about necessity). A measure is *not necessary* where some setting at λ = 0 "
+                f"collapses too; arm B (a small λ against none) cannot make it so.")
 
     # ---- arm B: how long weight decay takes, and small lambda ----
 
@@ -325,7 +337,7 @@ class AlternativesPage:
         trend = ("it falls as λ grows over the whole range" if positive["mean"].is_monotonic_decreasing else
                  "it rises with λ over the whole range" if monotone else "it is lowest at an intermediate λ "
                  f"({positive['mean'].idxmin():g})")
-        near = "already back within 2x of" if ratio < 2 else f"still {ratio:.2g} times below"
+        near = "already back within 2x of" if ratio < 2 else f"still {_fold(ratio)} times below"
         return (f"On {DATASET_NAMES[dataset]}, NC1 at the end with λ = {smallest:g} is {near} λ = 0's "
                 f"({positive.loc[smallest, 'mean']:.2g} against {zero:.2g}); among λ > 0 {trend}.")
 
@@ -409,18 +421,19 @@ class AlternativesPage:
                              & (self.knobs["weight_decay"] == 0)]["run_id"]
             if ids.empty:
                 continue
-            growth, loss_fall, nc1_fall = [], [], []
+            growth, loss_fall, nc1_ratio = [], [], []
             for run_id in ids:
                 run = train[train["run_id"] == run_id].sort_values("epoch")
                 last = run["epoch"].iloc[-1]
                 start = run[run["epoch"] >= last / 10].iloc[0]
                 end = run.iloc[-1]
-                growth.append(math.sqrt(end["weight_norm_sq"] / start["weight_norm_sq"]))
+                growth.append(100 * (math.sqrt(end["weight_norm_sq"] / start["weight_norm_sq"]) - 1))
                 loss_fall.append(start["train_loss"] / end["train_loss"])
-                nc1_fall.append(start["nc1"] / end["nc1"])
-            parts.append(f"On {DATASET_NAMES[dataset]} with cross-entropy and λ = 0, over the last decade of epochs "
-                         f"the weights' norm grows {_value(growth)} times, the cross-entropy falls "
-                         f"{_value(loss_fall)} times and NC1 falls {_value(nc1_fall)} times (seed range).")
+                nc1_ratio.append(end["nc1"] / start["nc1"])
+            parts.append(f"On {DATASET_NAMES[dataset]} with cross-entropy and λ = 0, from epoch {start['epoch']:,.0f} "
+                         f"to {last:,.0f} the weights' norm grows by {_value(growth)}%, the cross-entropy falls "
+                         f"{_value(loss_fall)} times and NC1 ends at {_value(nc1_ratio)} times its value at epoch "
+                         f"{start['epoch']:,.0f} (seed ranges).")
         return " ".join(parts)
 
     def convnet_markdown(self) -> str:
