@@ -210,6 +210,7 @@ def shared_inputs(root: Path) -> str:
 
     from .data import data_root
     from .pages import code_commit
+    from .results import MAX_META_BYTES
 
     root = Path(root).resolve()
     digest = hashlib.sha256()
@@ -226,16 +227,33 @@ def shared_inputs(root: Path) -> str:
     package = Path(__file__).resolve().parent
     for top in (root, package) if root not in package.parents else (root,):
         for file in _source_files(top):
-            add(f"{top.name}/{file}", (top / file).read_bytes())
+            add(f"{top.name}/{file}", _guarded_bytes(top / file, MAX_SOURCE_BYTES))
     results = _results_dir(root)
     for meta in sorted(results.glob("*/meta.json")) if results.is_dir() else []:
-        add(f"run {meta.parent.name}", meta.read_bytes())
+        add(f"run {meta.parent.name}", _guarded_bytes(meta, MAX_META_BYTES, "not a run's record: the run is "
+                                                                            "recomputed when a page asks for it"))
     data = root / data_root()  # the data folder that the pages, run in root, read
     for path in sorted(p for pattern in ("*", "*/*", "*/*/*") for p in data.glob(pattern)) if data.is_dir() else []:
         if path.is_file():
             stat = path.stat()
             add(f"data {path.relative_to(data)}", f"{stat.st_size} {stat.st_mtime_ns}".encode())
     return digest.hexdigest()
+
+
+MAX_SOURCE_BYTES = 1 << 30  # a file of the checkout larger than this is not read into the inputs' hash
+
+
+def _guarded_bytes(path: Path, limit: int, meaning: str = "left out of the pages' inputs") -> bytes:
+    """``path``'s bytes for the inputs' hash; where it is not a regular file of at most ``limit`` bytes (a FIFO, a
+    link to a device, a folder), one line saying so, and a marker of what it is instead."""
+    from .data import read_regular
+    from .results import notice
+
+    try:
+        return read_regular(path, limit)
+    except OSError as err:
+        notice(f"{path} skipped ({err.strerror or err}): {meaning}")
+        return f"unreadable: {err.strerror or err}".encode()
 
 
 def _source_files(top: Path) -> list[str]:
@@ -261,14 +279,37 @@ def _inputs_file(root: Path, name: str) -> Path:
 
 
 def _unchanged(root: Path, name: str, inputs: str) -> bool:
-    """Whether ``book/executed/<name>.ipynb`` was executed from exactly ``inputs`` and its figure files are there."""
+    """Whether ``book/executed/<name>.ipynb`` was executed from exactly ``inputs`` and its figure files are as that
+    execution left them."""
+    executed, recorded = root / "book" / "executed" / f"{name}.ipynb", _inputs_file(root, name)
+    if not (executed.is_file() and recorded.is_file()):
+        return False
+    figures = _figures_digest(root, name)
+    return figures is not None and recorded.read_text() == f"{inputs}\n{figures}"
+
+
+def _figures_digest(root: Path, name: str) -> str | None:
+    """A sha256 of the figure files that page ``name``'s executed notebook links (book/figures/): they count as the
+    page's inputs, so that a figure file changed since (a reader's rerun) has the page executed again. None when one
+    is missing or not a regular file."""
+    import hashlib
     import re
 
-    executed, recorded = root / "book" / "executed" / f"{name}.ipynb", _inputs_file(root, name)
-    if not (executed.is_file() and recorded.is_file() and recorded.read_text() == inputs):
-        return False
-    figures = set(re.findall(r"figures/([\w.-]+\.(?:png|pdf|svg))", executed.read_text(errors="replace")))
-    return all((root / "book" / "figures" / figure).is_file() for figure in figures)
+    from .data import sha256_of
+
+    executed = root / "book" / "executed" / f"{name}.ipynb"
+    digest = hashlib.sha256()
+    for figure in sorted(set(re.findall(r"figures/([\w.-]+\.(?:png|pdf|svg))", executed.read_text(errors="replace")))):
+        try:
+            digest.update(f"{figure}\0{sha256_of(root / 'book' / 'figures' / figure)}\0".encode())
+        except OSError:
+            return None
+    return digest.hexdigest()
+
+
+def _record_inputs(root: Path, name: str, inputs: str) -> None:
+    """After a successful execution: what page ``name`` was executed from, and the figure files it made."""
+    _inputs_file(root, name).write_text(f"{inputs}\n{_figures_digest(root, name)}")
 
 
 def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, workers: int = 1,
@@ -304,7 +345,7 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
     if workers == 1 or len(pages) <= 1:
         for source, name, params, title in pages:
             seconds[name] = _execute_one(root, source, name, params, title, profile)
-            _inputs_file(root, name).write_text(inputs[name])
+            _record_inputs(root, name, inputs[name])
     else:
         # the longest pages first (those that read and plot many runs), so that no long one starts last
         order = sorted(pages, key=lambda page: next((k for k, prefix in enumerate(_LONGEST_FIRST)
@@ -314,7 +355,7 @@ def execute_notebooks(root: Path, profile: str, only: list[str] | None = None, w
                     for source, name, params, title in order}
             for _, name, _, _ in pages:  # the first failure (in page order) is raised
                 seconds[name] = jobs[name].result()
-                _inputs_file(root, name).write_text(inputs[name])
+                _record_inputs(root, name, inputs[name])
     return {name: seconds[name] for name in inputs}
 
 

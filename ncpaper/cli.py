@@ -110,7 +110,8 @@ def _run_settings(parser: argparse.ArgumentParser) -> None:
 def _config(args, weight_decay: float, seed: int) -> RunConfig:
     return RunConfig.from_dict({
         "dataset": args.dataset, "model": args.model, "sizes": _sizes(args), "n_per_class": args.n_per_class,
-        "n_test_per_class": args.n_test_per_class, "input_pool": args.input_pool, "weight_decay": weight_decay,
+        "n_test_per_class": args.n_test_per_class, "input_pool": args.input_pool,
+        "weight_decay": weight_decay + 0.0,  # -0.0 is lambda = 0: one run, one key
         "lr": args.lr, "momentum": args.momentum, "batch_size": args.batch_size, "epochs": args.epochs,
         "n_measurements": args.n_measurements, "seed": seed, "device": args.device or RunConfig().device,
         "precision": args.precision, "init_scale": args.init_scale, "loss": args.loss,
@@ -256,7 +257,21 @@ def _error(err: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command line; an interrupt (Ctrl-C) is one line, exit status 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("ncpaper: interrupted; the runs that finished are cached (run the command again to continue)",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        parser = build_parser()  # reads profiles.yaml
+    except ValueError as err:
+        return _error(err)
+    args = parser.parse_args(argv)
     if args.command == "book":
         return _book(args)
     if args.command == "pdf":

@@ -27,6 +27,7 @@ import functools
 import gzip
 import hashlib
 import os
+import pickle
 import shutil
 import stat
 import tarfile
@@ -123,6 +124,16 @@ def open_regular(path: str | os.PathLike):
     return os.fdopen(fd, "rb")
 
 
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`); an OSError if it holds more than ``limit``."""
+    with open_regular(path) as f:
+        too_large = os.fstat(f.fileno()).st_size > limit
+        data = b"" if too_large else f.read()  # a regular file ends (it may have grown since: checked below)
+    if too_large or len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes", str(path))
+    return data
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """sha256 of a regular file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -199,9 +210,20 @@ def _damaged(path: Path, why: str) -> DataCorruptError:
                             "that it is downloaded again")
 
 
+MAX_DATA_FILE_BYTES = 1 << 28  # an MNIST IDX file or a CIFAR-10 batch is at most 47 MB
+
+
+def _read_data_file(path: Path) -> bytes:
+    """A data file's bytes; a FIFO, a device, a folder or a file over MAX_DATA_FILE_BYTES is one line naming it."""
+    try:
+        return read_regular(path, MAX_DATA_FILE_BYTES)
+    except OSError as err:
+        raise _damaged(path, err.strerror or str(err)) from None
+
+
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """An IDX file of unsigned bytes: magic 00 00 08 <ndim>, ndim big-endian uint32 sizes, the bytes."""
-    raw = path.read_bytes()
+    raw = _read_data_file(path)
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise _damaged(path, f"{len(raw)} bytes, shorter than its {header}-byte header")
@@ -230,8 +252,26 @@ def process_alive(pid: int) -> bool:
 _CHECKSUMS: dict[tuple, str] = {}
 
 
+# Where each dataset's files are, under the data root: their sizes and times are part of a memo's key
+_SOURCE_PATTERNS = {"mnist": ("MNIST/raw/*-ubyte",),
+                    "cifar10": ("cifar-10-batches-py/*", "cifar10-jpeg.tar.gz", "cifar10-jpeg/*", "cifar10-jpeg/*/*")}
+
+
+def _source_stamp(dataset: str, base: Path) -> tuple:
+    """(path, size, mtime) of the files and class folders ``dataset`` is read from: a process that lives long (a
+    kernel, a Dask worker) forgets a checksum once they change. An image edited in place in a class folder of the
+    JPEG copy changes neither."""
+    stamp = []
+    for pattern in _SOURCE_PATTERNS.get(dataset, ()):
+        for path in sorted(base.glob(pattern)):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                stamp.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
 def _checksum_key(dataset, split, n_per_class, seed, base: Path) -> tuple:
-    return dataset, split, n_per_class, int(seed), str(base.resolve())
+    return dataset, split, n_per_class, int(seed), str(base.resolve()), _source_stamp(dataset, base)
 
 
 def known_checksum(dataset: str, split: str = "train", n_per_class: int | None = None, seed: int = 0,
@@ -281,12 +321,26 @@ def _unpack_jpeg_tarball(tarball: Path) -> Path:
     return target
 
 
+# The official python batches of each split, and the file of class names
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{k}" for k in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_META = "batches.meta"
+
+
+def _official_files(official: Path, split: str) -> list[Path]:
+    return [official / name for name in (*CIFAR10_BATCHES[split], CIFAR10_META)]
+
+
 def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, tuple, dict]:
     split = "train" if train else "test"
     official = root / "cifar-10-batches-py"
     folder = root / "cifar10-jpeg"
     tarball = root / "cifar10-jpeg.tar.gz"
-    if not official.exists() and not (folder / split).exists():
+    present = [os.path.lexists(f) for f in _official_files(official, split)]
+    complete = all(present)
+    if any(present) and not complete:  # part of the official files: one of them was lost
+        absent = next(f for f, there in zip(_official_files(official, split), present, strict=True) if not there)
+        raise _damaged(absent, "missing: the batches folder is incomplete")
+    if not complete and not (folder / split).exists():  # an empty batches folder hides no other copy
         if tarball.exists():
             folder = _unpack_jpeg_tarball(tarball)
         elif download:
@@ -297,23 +351,45 @@ def _load_cifar10(root: Path, train: bool, download: bool) -> tuple[np.ndarray, 
                     CIFAR10(str(root), train=train, download=True)
             except Exception as err:
                 raise _missing("CIFAR-10", root, [official, folder, tarball], err) from None
+            complete = True
         else:
             raise _missing("CIFAR-10", root, [official, folder, tarball], None)
-    if official.exists():
-        from torchvision.datasets import CIFAR10
-
-        ds = CIFAR10(str(root), train=train, download=False)
-        images = ds.data.transpose(0, 3, 1, 2)
+    if complete:
+        images, labels, classes = _read_batches(official, split)
         files = sorted(official.glob("*_batch*"))
         provenance = {"source": "CIFAR-10 (official python batches)", "location": str(official.resolve()),
                       "files": {f.name: sha256_file(f) for f in files}}
-        return images, np.asarray(ds.targets), tuple(ds.classes), provenance
+        return images, labels, classes, provenance
     classes, paths, labels = image_folder(str(folder / split))
     if classes != CIFAR10_CLASSES:
         raise ValueError(f"{folder / split} has class folders {list(classes)}, expected {list(CIFAR10_CLASSES)}")
     provenance = {"source": "CIFAR-10 (JPEG q75 copy)", "location": str((folder / split).resolve()),
                   "files": {tarball.name: sha256_file(tarball)} if tarball.exists() else {}}
     return _LazyImages(paths), labels, CIFAR10_CLASSES, provenance
+
+
+def _read_batches(official: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(N x 3 x 32 x 32 uint8 images, labels, class names) of a split of the official batches, as torchvision's
+    ``CIFAR10`` reads them; each file must be the official one (torchvision's md5), else one line naming it."""
+    from torchvision.datasets import CIFAR10
+
+    md5 = {name: digest for name, digest in (*CIFAR10.train_list, *CIFAR10.test_list)}
+    md5[CIFAR10_META] = CIFAR10.meta["md5"]
+    data, labels = [], []
+    for name in CIFAR10_BATCHES[split]:
+        entry = _official_pickle(official / name, md5[name])
+        data.append(entry["data"])
+        labels.extend(entry["labels"])
+    classes = tuple(_official_pickle(official / CIFAR10_META, md5[CIFAR10_META])["label_names"])
+    return np.vstack(data).reshape(-1, 3, 32, 32), np.asarray(labels), classes
+
+
+def _official_pickle(path: Path, md5: str) -> dict:
+    """One of the official batch files, unpickled only once its md5 is the official file's (a pickle can run code)."""
+    raw = _read_data_file(path)
+    if hashlib.md5(raw, usedforsecurity=False).hexdigest() != md5:
+        raise _damaged(path, "it is not the official file: its md5 differs")
+    return pickle.loads(raw, encoding="latin1")  # the official file, by its md5
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -330,12 +406,43 @@ def image_folder(path: str) -> tuple[tuple[str, ...], tuple[str, ...], np.ndarra
         raise DataNotFoundError(f"{path} has no class folders: expected {path}/<class>/<image>.jpg")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(path, name), followlinks=True)):
+        for folder, _, files in sorted(_walk(os.path.join(path, name))):
             for file in sorted(files):
                 if file.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(folder, file))
                     labels.append(label)
     return classes, tuple(paths), np.asarray(labels, dtype=np.int64)
+
+
+def _walk(top: str):
+    """``os.walk(top, followlinks=True)``; a folder reached twice (a link loop, which would never end, or a folder
+    linked twice, whose images would count twice) is one line naming it."""
+    seen = set()
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            raise DataCorruptError(f"{folder} is a folder already read under {top} (a link loop, or a folder linked "
+                                   "twice): remove the link")
+        seen.add((st.st_dev, st.st_ino))
+        yield folder, dirs, files
+
+
+CIFAR10_SIZE = (32, 32)
+
+
+def _rgb(path: str) -> np.ndarray:
+    """One image of the JPEG copy as 32 x 32 x 3 bytes; anything else (not a regular file, not an image, another
+    size, a decompression bomb) is one line naming it, decoded never."""
+    from PIL import Image
+
+    try:
+        with open_regular(path) as f, Image.open(f) as image:
+            size = image.size
+            if size == CIFAR10_SIZE:
+                return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise _damaged(Path(path), f"{type(err).__name__}: {' '.join(str(err).split())[:120]}") from None
+    raise _damaged(Path(path), f"{size[0]}x{size[1]} pixels, where CIFAR-10's images are 32x32")
 
 
 class _LazyImages:
@@ -345,13 +452,7 @@ class _LazyImages:
         self.paths = paths
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        def rgb(path):
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-
-        return np.stack([rgb(self.paths[i]) for i in indices]).transpose(0, 3, 1, 2)
+        return np.stack([_rgb(self.paths[i]) for i in indices]).transpose(0, 3, 1, 2)
 
 
 _LOADERS = {"mnist": _load_mnist, "cifar10": _load_cifar10}

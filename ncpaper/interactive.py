@@ -26,7 +26,7 @@ import pandas as pd
 
 from .palette import lambda_label, lambda_styles
 
-__all__ = ["MIME", "PLOTLY_SYMBOLS", "InteractiveFigure", "nc_figure", "phase_figure", "plotly_js"]
+__all__ = ["MIME", "PLOTLY_SYMBOLS", "InteractiveFigure", "nc_figure", "phase_figure", "plotly_js", "script_json"]
 
 MIME = "application/vnd.plotly.v1+json"
 # matplotlib markers (ncpaper.palette) as Plotly symbols
@@ -51,7 +51,7 @@ class InteractiveFigure:
 
     def html(self) -> str:
         """The fragment: a box with the plot, its JSON, the script that draws it and a caption."""
-        data = json.dumps(_finite(self.spec), separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+        data = script_json(_finite(self.spec))
         return (f'<figure class="nc-interactive" id="{self.div_id}-figure">'
                 f'<div class="nc-interactive-plot" id="{self.div_id}" style="min-height:{HEIGHT_PX}px"></div>'
                 f'<script type="application/json" class="nc-interactive-data">{data}</script>'
@@ -77,6 +77,18 @@ _DRAW = """(function () {
   if (window.Plotly || document.readyState !== 'loading') { draw(); }
   else { document.addEventListener('DOMContentLoaded', draw); }
 })();"""
+
+
+# Characters that could end a <script> element or change how its text parses (<!-- or </script> in a string), or
+# that older JavaScript reads as line ends: written as JSON escapes, which JSON.parse reads back as themselves
+_SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(value) -> str:
+    """``value`` as JSON to embed in an HTML ``<script>`` element: every ``<``, ``>``, ``&``, U+2028 and U+2029
+    escaped (they can only occur inside JSON strings)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text.translate(str.maketrans(_SCRIPT_UNSAFE))
 
 
 def _finite(value):

@@ -197,7 +197,10 @@ class NecessityPage:
         return "constant" if "constant" in self.schedules else self.schedules[0]
 
     def source(self, dataset: str) -> str:
-        return next(r.meta["data_source"] for r in self.runs if r.config.dataset == dataset)
+        """The data source the runs on ``dataset`` record, as literal Markdown text (escaped)."""
+        from .pages.display import markdown_text
+
+        return markdown_text(next(r.meta["data_source"] for r in self.runs if r.config.dataset == dataset))
 
     def _zero_and_positive(self, dataset: str, schedule: str):
         rows = self.after[(self.after["dataset"] == dataset) & (self.after["schedule"] == schedule)]
@@ -448,7 +451,10 @@ class NecessityPage:
     def description(self) -> str:
         c = self.runs[0].config
         lambdas = ", ".join(f"{w:g}" for w in sorted({r.config.weight_decay for r in self.runs}))
-        sources = " and ".join(self.source(d) for d in self.datasets)
+        from .pages.display import inline_text  # the description goes into figure captions (inline HTML)
+
+        sources = " and ".join(inline_text(next(r.meta["data_source"] for r in self.runs if r.config.dataset == d))
+                               for d in self.datasets)
         return (f"{sources}, {c.architecture()}, {c.n_per_class} training images per class, batch {c.batch_size}, "
                 f"{c.epochs:,} epochs, λ in {{{lambdas}}}, {self.after['seed'].nunique()} seeds each, profile "
                 f"'{self.profile}'")

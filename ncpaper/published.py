@@ -21,19 +21,27 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
-from .data import sha256_of
+from .data import read_regular, sha256_of
 from .results import InvalidRunError, Run, check_run, load_run, read_meta, results_dir, sealed, verified_meta
 from .train import RunConfig
 
-__all__ = ["MANIFEST", "MissingResultError", "TamperedResultError", "find_finished", "load_published", "publish",
-           "published_dir", "split_published", "verify_published", "write_manifest"]
+__all__ = ["MANIFEST", "MissingResultError", "TamperedResultError", "check_published", "find_finished",
+           "load_published", "publish", "published_dir", "read_manifest", "split_published", "verify_published",
+           "write_manifest"]
 
 PUBLISHED_FILES = ("metrics.csv",)
 MANIFEST = "SHA256SUMS"
+MAX_MANIFEST_BYTES = 16 << 20  # about 100,000 runs' lines; a larger SHA256SUMS is not read
+# A line of SHA256SUMS in a form `sha256sum -c` accepts: "<sha256> <flag><name>" (flag " " or "*", or none; a tab
+# for the space), or the tagged "SHA256 (<name>) = <sha256>"; either after blanks, and after a backslash when the
+# name holds escapes (a backslash and n for a line break, two backslashes for one)
+_SUM_LINE = re.compile(r"[ \t]*(\\?)(?:([0-9A-Fa-f]{64})[ \t][ *]?(.+)|SHA256 \((.+)\) = ([0-9A-Fa-f]{64}))")
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
@@ -108,6 +116,54 @@ def _verify_committed(folder: Path) -> None:
                                   f"`git checkout HEAD -- {shown}`, or commit it if you republished it")
 
 
+def _committed_folder(folder: Path) -> bool:
+    """Whether the checkout's last commit holds files under ``folder`` (False where git cannot tell, as in
+    :func:`committed_changes`)."""
+    if os.environ.get("NCPAPER_COMMIT"):
+        return False
+    base = next((place for place in folder.parents if place.is_dir()), None)
+    if base is None:
+        return False
+    try:
+        listed = _git(base, "ls-tree", "-r", "--name-only", "-z", "HEAD", "--", os.path.relpath(folder, base))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return False
+    return bool(listed.strip("\0"))
+
+
+def check_published(folder: Path, profile: str) -> None:
+    """:func:`verify_published` where ``folder`` is a folder; where it is missing, or a file, while the checkout's
+    last commit holds it, an error naming the ``git checkout`` that restores it (never "not yet published")."""
+    if folder.is_dir():
+        verify_published(folder, profile)
+    elif _committed_folder(folder):
+        shown = _shown(folder)
+        what = "is a file" if os.path.lexists(folder) else "is missing"
+        raise TamperedResultError(f"published folder {shown} {what}, but the repository's last commit holds the "
+                                  f"runs of profile '{profile}' there: restore it with `git checkout HEAD -- {shown}`")
+
+
+def read_manifest(manifest: Path) -> dict[str, str]:
+    """name -> sha256 of every file a ``SHA256SUMS`` lists, in any form `sha256sum -c` accepts (blank and ``#``
+    lines skipped, CRLF line ends too); an OSError if it is not a regular file of at most
+    :data:`MAX_MANIFEST_BYTES`, a ValueError naming a line that is not a checksum line or lists a file again."""
+    listed: dict[str, str] = {}
+    for number, line in enumerate(read_regular(manifest, MAX_MANIFEST_BYTES).decode().split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if (match := _SUM_LINE.fullmatch(line)) is None:
+            raise ValueError(f"line {number} is not a checksum line")
+        escaped, digest, name = match[1], (match[2] or match[5]).lower(), match[3] or match[4]
+        if escaped:
+            name = re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], name)
+        name = posixpath.normpath(name)
+        if name in listed:
+            raise ValueError(f"line {number} lists {name} a second time (`sha256sum -c` checks both)")
+        listed[name] = digest
+    return listed
+
+
 def verify_published(folder: Path, profile: str) -> None:
     """Check every file of ``folder``'s runs against the checkout's last commit (where git can tell) and
     ``SHA256SUMS``; raise naming the first that fails."""
@@ -115,10 +171,13 @@ def verify_published(folder: Path, profile: str) -> None:
     manifest = folder / MANIFEST
     republish = f"or republish with `ncpaper publish --profile {profile}`"
     try:
-        lines = manifest.read_text().splitlines()
-        listed = {name: digest for digest, name in (line.split("  ", 1) for line in lines if line.strip())}
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise TamperedResultError(f"{_shown(manifest)} is missing or unreadable: restore it with `git checkout -- "
+        listed = read_manifest(manifest)
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "not text"
+        raise TamperedResultError(f"{_shown(manifest)} is missing or unreadable ({why}): restore it with `git "
+                                  f"checkout -- {_shown(manifest)}`, {republish}") from None
+    except ValueError as err:
+        raise TamperedResultError(f"{_shown(manifest)} is damaged ({err}): restore it with `git checkout -- "
                                   f"{_shown(manifest)}`, {republish}") from None
     present = {f.relative_to(folder).as_posix() for f in folder.glob("*/*")
                if f.is_file() and not f.parent.name.startswith(".")}
@@ -143,7 +202,8 @@ def _runs_by_config(folder: Path, wanted: set[str], profile: str | None) -> dict
         try:
             meta = verified_meta(run_folder, older_metrics=True) if profile else read_meta(run_folder)
             if (config_id := _config_id(meta["config"])) in wanted:
-                found.setdefault(config_id, []).append(check_run(run_folder, older_metrics=True))
+                run = check_run(run_folder, older_metrics=True)  # before setdefault: a damaged run adds no empty list
+                found.setdefault(config_id, []).append(run)
         except InvalidRunError as err:
             if profile is not None:
                 raise _damaged(run_folder, err, profile) from None
@@ -206,8 +266,7 @@ def publish(runs: list[Run], profile: str, root: str | os.PathLike | None = None
 def load_published(configs: list[RunConfig], profile: str, root: str | os.PathLike | None = None) -> list[Run]:
     """The published runs of ``configs`` (every file checked against SHA256SUMS), in the order given."""
     folder = published_dir(root) / profile
-    if folder.is_dir():
-        verify_published(folder, profile)
+    check_published(folder, profile)
     return _match(configs, published_dir(root) / profile, "published",
                   f"Run `ncpaper sweep --profile {profile}` and then `ncpaper publish --profile {profile}`.", profile)
 
@@ -216,7 +275,6 @@ def split_published(configs: list[RunConfig], profile: str, root: str | os.PathL
                     ) -> tuple[list[Run], list[RunConfig]]:
     """(the published runs among ``configs``, the configs not published): what a sweep need not retrain."""
     folder = published_dir(root) / profile
-    if folder.is_dir():
-        verify_published(folder, profile)
+    check_published(folder, profile)
     runs = _newest(configs, folder, profile)
     return [r for r in runs if r is not None], [c for c, r in zip(configs, runs, strict=True) if r is None]

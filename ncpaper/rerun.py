@@ -53,11 +53,15 @@ def rerun_of(source: str, params: dict, notebooks: Path | None = None) -> str | 
     """None when ``params`` (the run's parameters, as its notebook has them) are a book page's; else the
     parameters that differ from the nearest book page's, as ``name=value`` text (``weight_decays=[0, 0.05]``).
 
-    The profile counts only where a page fixes it (the full-scale pages: ``profile='paper'``); elsewhere the page
-    is built on the book's profile, whichever that is."""
+    Every parameter counts, ``published`` included. A page that does not fix its profile is built on the book's,
+    whichever that is, except a profile that another page of the notebook fixes (the full-scale pages:
+    ``profile='paper'``): those figure names are that page's, so a run on it must match that page."""
+    pages = book_parameters(source, notebooks)
+    fixed = {book.get("profile") for _, book, explicit in pages if "profile" in explicit}
     best = None
-    for _, book, explicit in book_parameters(source, notebooks):
-        keys = [k for k in sorted(set(book) | set(params)) if k != "profile" or "profile" in explicit]
+    for _, book, explicit in pages:
+        free = "profile" not in explicit and params.get("profile") not in fixed
+        keys = [k for k in sorted(set(book) | set(params)) if k != "profile" or not free]
         differ = {k: params.get(k) for k in keys if not _same(params.get(k), book.get(k))}
         if best is None or len(differ) < len(best):
             best = differ
@@ -71,11 +75,19 @@ def describe(params: dict) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
 
+def _slug(text: str, most: int) -> str:
+    """``text`` as one safe part of a file name: letters, digits, ``_`` and ``.``, other runs as ``-``; at most
+    ``most`` characters, never starting or ending in ``-`` or ``.`` (so never ``..``)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text.replace("'", "")).strip("-.")[:most].strip("-.")
+
+
 def figure_stem(stem: str, rerun: str | None) -> str:
-    """The figure's file stem: ``stem`` for a book page; for a rerun, ``stem`` with a slug of its differing
-    parameters and 8 hex digits of their sha256 (``figure2_mnist_default-rerun-weight_decays-0-0.05-1a2b3c4d``)."""
-    if not rerun:
+    """The figure's file stem, one plain file name (under 150 characters): ``stem`` for a book page; for a rerun,
+    a slug of ``stem`` and of its differing parameters and 8 hex digits of their sha256
+    (``figure2_mnist_default-rerun-weight_decays-0-0.05-1a2b3c4d``). A ``stem`` that is not already plain (a
+    rerun's ``figure_number='2/../x'``) is slugged too, never used as a path."""
+    plain = _slug(stem, 80) or "figure"
+    if not rerun and plain == stem:
         return stem
-    digest = hashlib.sha256(json.dumps(rerun).encode()).hexdigest()[:8]
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", rerun.replace("'", "")).strip("-")[:48].strip("-")
-    return f"{stem}-rerun-{slug}-{digest}"
+    digest = hashlib.sha256(json.dumps(rerun if plain == stem else [stem, rerun]).encode()).hexdigest()[:8]
+    return "-".join(part for part in (plain, "rerun", _slug(rerun or "", 48), digest) if part)

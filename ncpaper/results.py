@@ -733,11 +733,13 @@ def _remove_leftovers(path: Path) -> None:
 
 
 def _remove_dead_leftovers(path: Path) -> None:
-    """Temporary files in a finished run's folder whose writer (the pid after ``.tmp``) is gone."""
+    """Temporary files in a finished run's folder whose writer (the pid after ``.tmp``) is gone; where the folder
+    is read-only they stay (the run is served all the same)."""
     for tmp in path.glob(".*.tmp*"):
         pid = tmp.name.rsplit(".tmp", 1)[1]
         if pid.isdigit() and not data_module.process_alive(int(pid)) and not tmp.is_dir():
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
 
 def data_checksums(config: RunConfig, data_root=None, loaded: dict | None = None) -> dict:

@@ -9,13 +9,17 @@ wherever it runs, so the CLI, the Dask workers and the notebooks all find the sa
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
 from .results import Run, default_threads, results_dir, run_or_load
 from .train import RunConfig
 
-__all__ = ["SweepError", "local_cluster", "run_sweep"]
+__all__ = ["SweepError", "check_scheduler", "local_cluster", "run_sweep"]
+
+SCHEDULER_SECONDS = 10.0  # how long a --scheduler address has to answer as a Dask scheduler
 
 
 class SweepError(RuntimeError):
@@ -82,6 +86,40 @@ def local_cluster(workers: int, environment: dict | None = None):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
+async def _identity(address: str, seconds: float):
+    """What answers Dask's ``identity`` request at ``address`` (each step within ``seconds``)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    comm = await asyncio.wait_for(connect(address, timeout=seconds), seconds)
+    try:
+        await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), seconds)
+        return await asyncio.wait_for(comm.read(), seconds)
+    finally:
+        comm.abort()
+
+
+def check_scheduler(address: str, seconds: float = SCHEDULER_SECONDS) -> None:
+    """A ConnectionError (one line) unless a Dask scheduler answers at ``address`` within about ``seconds``: a port
+    that listens but speaks something else (the dashboard's 8787) would keep Dask's client waiting for ever."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)  # its own event loop, also where one runs already (Jupyter)
+    try:
+        reply = pool.submit(asyncio.run, _identity(address, seconds)).result(timeout=3 * seconds)
+    except Exception as err:  # a timeout, a refusal, or bytes that Dask cannot read (MemoryError)
+        reply = f"{type(err).__name__}: {' '.join(str(err).split())[:100]}".rstrip(": ")
+    finally:
+        pool.shutdown(wait=False)
+    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
+        what = f"a Dask {reply['type']}" if isinstance(reply, dict) and "type" in reply else reply
+        raise ConnectionError(f"cannot reach a Dask scheduler at {address!r} within {seconds:g} s ({what}); start one "
+                              "with `dask scheduler` (port 8786; the dashboard's 8787 is not it) or leave "
+                              "--scheduler out for a local cluster")
+
+
 def _run_on_dask(configs, workers, scheduler, root, data, progress, threads) -> list[Run]:
     from distributed import Client, KilledWorker, as_completed
     from tqdm import tqdm
@@ -93,9 +131,11 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress, threads) -> 
         if scheduler is None:
             cluster = local_cluster(workers)
             client = Client(cluster)
+            client.run(_ignore_interrupts)
         else:
+            check_scheduler(scheduler)
             try:
-                client = Client(scheduler, timeout="10s")
+                client = Client(scheduler, timeout=f"{SCHEDULER_SECONDS:g}s")
             except (OSError, TimeoutError) as err:
                 raise ConnectionError(f"cannot reach a Dask scheduler at {scheduler!r} ({err}); start one "
                                       "with `dask scheduler` or leave --scheduler out for a local cluster") from None
@@ -111,7 +151,19 @@ def _run_on_dask(configs, workers, scheduler, root, data, progress, threads) -> 
                 what = config.describe() if config else str(err.task)
                 raise SweepError(f"a Dask worker died each time it ran {what} (out of memory? see the worker's "
                                  "log); the runs that finished are cached: rerun the sweep to continue") from None
+    except KeyboardInterrupt:  # Ctrl-C: the cluster is closed without Dask's log lines of lost tasks and workers
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        raise
     finally:
         if cluster is not None:
             cluster.close()
     return [load_run(Path(p)) for p in paths]
+
+
+def _ignore_interrupts() -> None:
+    """In a local cluster's worker: Ctrl-C in the terminal reaches it too, and the sweep's own process closes the
+    cluster; the worker ignores it rather than print a traceback of its own."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the worker's main thread: nothing to do
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -72,6 +72,10 @@ class RunConfig:
     init_scale: float = 1.0
     loss: str = "square"  # one of LOSSES
 
+    def __post_init__(self):
+        if self.weight_decay == 0 and math.copysign(1.0, self.weight_decay) < 0:  # -0.0 is the run of lambda = 0
+            object.__setattr__(self, "weight_decay", 0.0)
+
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
         known = {f.name for f in fields(cls)}

@@ -51,7 +51,7 @@ def test_one_curve_per_run_in_the_palette_with_what_a_hover_shows():
 
 def test_a_script_end_tag_in_a_title_cannot_end_the_data():
     figure = nc_figure(run_table([0, 0.01]), "a </script><b>", "x")
-    assert "</script><b>" not in figure.html() and "<\\/script><b>" in figure.html()
+    assert "</script><b>" not in figure.html() and "\\u003c/script\\u003e\\u003cb\\u003e" in figure.html()
 
 
 def test_phase_figure_keeps_lambda_zero_apart_and_says_so_on_hover():

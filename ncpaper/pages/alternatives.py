@@ -181,7 +181,9 @@ class AlternativesPage:
 
     def dataset_label(self, dataset: str) -> str:
         """The dataset's name and the data source its runs record (e.g. "CIFAR-10 (JPEG q75 copy)")."""
-        sources = sorted({r.meta["data_source"] for r in self.runs if r.config.dataset == dataset})
+        from .display import markdown_text
+
+        sources = sorted({markdown_text(r.meta["data_source"]) for r in self.runs if r.config.dataset == dataset})
         return f"{DATASET_NAMES[dataset]} ({'; '.join(sources)})"
 
     def groups(self) -> dict:

@@ -99,7 +99,9 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
     formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
     default = _significant(precision)
     label = "nc-caption-" + hashlib.sha256(caption.encode()).hexdigest()[:10]  # unique on a page: one caption each
-    styler = shown.style.format({column: formats.get(column, default) for column in shown.columns}, na_rep="–")
+    styler = shown.style.format({column: _escaped(formats.get(column, default)) for column in shown.columns},
+                                na_rep="–")
+    styler = styler.format_index(escape="html", axis=1)  # column names may come from data too
     styler = styler.set_table_attributes(f'class="nc-table" aria-labelledby="{label}"')
     prose = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])  # cells that are text or ranges
              and shown[c].astype(str).str.len().max() > LONG_CELL]  # (a float's repr is long, but it is one number)
@@ -108,6 +110,13 @@ def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, p
     styler = styler.hide(axis="index")
     return (f'<div class="nc-table-block"><p class="nc-table-caption" id="{label}">{html.escape(caption)}</p>'
             f'<div class="nc-table-wrap">{styler.to_html()}</div></div>')
+
+
+def _escaped(formatter):
+    """``formatter`` (a format string or a function) whose output is HTML-escaped: a cell is always text, never
+    markup (a run's ``device`` could be ``<img onerror=...>``)."""
+    shown = formatter.format if isinstance(formatter, str) else formatter
+    return lambda value: html.escape(str(shown(value)))
 
 
 def table(frame: pd.DataFrame, caption: str, **options) -> _HTML:
@@ -142,12 +151,58 @@ _HTML.__module__ = _Markdown.__module__ = "ncpaper.pages"
 
 
 def show(*items) -> None:
-    """Display Markdown strings (prose) and HTML blocks (figures, tables) in order."""
+    """Display Markdown strings (prose) and HTML blocks (figures, tables) in order. The prose goes through
+    :func:`inert_markdown` (its data should already be :func:`markdown_text`: this is the second lock)."""
     from IPython.display import display
 
     for item in items:
         if item:
-            display(_Markdown(item) if isinstance(item, str) else item)
+            display(_Markdown(inert_markdown(item)) if isinstance(item, str) else item)
+
+
+# ASCII characters that start Markdown or MyST markup (HTML, entities, roles, directives, links, maths, emphasis)
+_MARKUP = re.compile(r"([\\`*_{}\[\]<>&$|~!#])")
+
+
+def markdown_text(value) -> str:
+    """``value`` (a string from a run's meta.json, a profile, a config, a data source) as literal text in the
+    pages' Markdown: on one line (any line break, U+2028 included, is a space), every markup character escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def markdown_code(value) -> str:
+    """``value`` as a Markdown code span, on one line: fenced by more backticks than any run of them inside."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+# What makes Markdown active besides the takeaway's admonition: a backslash escape (kept as it is), the start of raw
+# HTML or an autolink, a MyST role ({name}`text`), a fence that opens any other directive
+_ACTIVE = re.compile(r"\\[\s\S]|<(?=[A-Za-z/!?])|\{(?=[^{}`\s]*\}`)"
+                     r"|^[ \t]*(?:`{3,}|~{3,}|:{3,})[ \t]*\{(?!admonition\})", re.M)
+_CODE_SPAN = re.compile(r"\\[\s\S]|(?<!`)(`+)(?!`)(?:[^`\n]|[^`\n][^\n]*?[^`\n])\1(?!`)")
+
+
+def inert_markdown(text: str) -> str:
+    """The pages' Markdown with no way to raw HTML, a role or a directive other than the takeaway's admonition:
+    raw HTML starts become ``&lt;`` (code spans on one line show text and are left alone), roles and other
+    directives lose their brace. The pages' own prose has none of them."""
+    out, at = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        if span.group(1):  # (the span's backtick shows the text before it whether it ends in a role)
+            out.append(_ACTIVE.sub(_neutral, text[at:span.start()] + "`")[:-1] + span.group(0))
+            at = span.end()
+    out.append(_ACTIVE.sub(_neutral, text[at:]))
+    return "".join(out)
+
+
+def _neutral(match: re.Match) -> str:
+    token = match.group(0)
+    if token.startswith("\\"):
+        return token
+    return "&lt;" if token == "<" else token[:-1] + "\\{"
 
 
 def takeaway_box(text: str) -> str:
@@ -164,10 +219,28 @@ def glue_numbers(numbers: dict) -> None:
         glue(name, value, display=False)
 
 
+# The characters inline_html reads as markup, and a backslash: escaped by inline_text, shown as themselves
+_INLINE_MARKUP = re.compile(r"([\\`*$])")
+
+
+def inline_text(value) -> str:
+    """``value`` (a string from data) as literal text for :func:`inline_html`: on one line, its backslashes,
+    backticks, asterisks and dollars escaped."""
+    return _INLINE_MARKUP.sub(r"\\\1", " ".join(str(value).split()))
+
+
 def inline_html(text: str) -> str:
-    """Escape text for HTML, keeping `code` spans, **bold** and *italics*, and $maths$ as MathJax inline maths."""
-    out = html.escape(text, quote=False)
+    """Escape text for HTML, keeping `code` spans, **bold** and *italics*, and $maths$ as MathJax inline maths;
+    a backslash before a backslash, backtick, asterisk or dollar shows that character (:func:`inline_text`)."""
+    held: list[str] = []
+
+    def hold(match: re.Match) -> str:
+        held.append(html.escape(match.group(1)))
+        return f"\0{len(held) - 1}\0"
+
+    out = html.escape(re.sub(r"\\([\\`*$])", hold, text.replace("\0", "")), quote=False)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
     out = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
     out = re.sub(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])", r"<em>\1</em>", out)
-    return re.sub(r"\$([^$]+)\$", r'<span class="math notranslate nohighlight">\\(\1\\)</span>', out)
+    out = re.sub(r"\$([^$]+)\$", r'<span class="math notranslate nohighlight">\\(\1\\)</span>', out)
+    return re.sub("\0([0-9]+)\0", lambda match: held[int(match.group(1))], out)

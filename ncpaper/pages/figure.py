@@ -9,7 +9,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from .display import _HTML, table_html
+from .display import _HTML, inline_text, markdown_text, table_html
 from .figures import FigureFiles, page_figure
 from .prose import commit_notes, lambda_list, percent, pooling_text, span
 from .verdicts import (
@@ -28,7 +28,7 @@ def _configs_with(configs, weight_decays):
     """The profile's runs at the given lambdas (same settings and seeds); None: the profile's own lambdas."""
     if weight_decays is None:
         return configs
-    weight_decays = [float(w) for w in weight_decays]
+    weight_decays = [float(w) + 0.0 for w in weight_decays]  # + 0.0: lambda = -0 is the run of lambda = 0
     if 0.0 not in weight_decays:
         raise ValueError(f"weight_decays={weight_decays}: include 0, the runs every lambda is compared with")
     first = [c for c in configs if c.weight_decay == configs[0].weight_decay]  # one per seed
@@ -104,8 +104,8 @@ class FigurePage:
         side = "classifier rows, centred" if self.nc3_column.endswith("_centred") else "classifier rows"
         seeds = "lines are means over seeds, bands their range" if self.seeds > 1 else \
             f"{self.over_seeds} per weight decay"
-        caption = (f"**Figure {self.figure_number}.** {self.description}. Neural Collapse measured on the training "
-                   f"set at log-spaced epochs, one colour, marker and line style per weight decay "
+        caption = (f"**Figure {self.figure_number}.** {inline_text(self.description)}. Neural Collapse measured on "
+                   f"the training set at log-spaced epochs, one colour, marker and line style per weight decay "
                    f"(λ = {lambda_list(lambdas)}; black, solid: none); {seeds}. Filled markers: class means; open "
                    f"markers: {side}; dotted verticals: learning-rate cuts. All settings are our choices (see "
                    f"Reproduce and cite).")
@@ -116,12 +116,12 @@ class FigurePage:
         params = f"profile='{self.profile}', figure='{self.figure}'" + (
             f", weight_decays={[float(w) for w in lambdas]}" if self.weight_decays is not None else "")
         c = self.runs[0].config
-        fig = figure_nc(self.table, title=f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
-                                          f"profile '{self.profile}'",
+        fig = figure_nc(self.table, title=_plain(f"Figure {self.figure_number} · {self.runs[0].meta['data_source']} · "
+                                                 f"profile '{self.profile}'"),
                         rate_cuts=[round(m * c.epochs) for m in c.lr_milestones])
         return page_figure(fig, stem, self.runs, self.profile, figure_id=self.figure_number,
-                           what=f"Figure {self.figure_number} ({self.runs[0].meta['data_source']}, profile "
-                                f"'{self.profile}')",
+                           what=f"Figure {self.figure_number} ({inline_text(self.runs[0].meta['data_source'])}, "
+                                f"profile '{self.profile}')",
                            notebook="figure.md", params=params, caption=caption, alt=alt, root=self.root,
                            rerun=rerun)
 
@@ -190,7 +190,7 @@ class FigurePage:
                     f"`published/{self.profile}/` holds its runs (how to make them is below).")
         judged = judge_lambdas(self.last, self.nc3_column, factor, max_train_error)
         met, weak, unfit = criterion_groups(judged, factor)
-        runs = (f"{self.runs[0].meta['data_source']}, {self.runs[0].config.epochs} epochs, "
+        runs = (f"{markdown_text(self.runs[0].meta['data_source'])}, {self.runs[0].config.epochs} epochs, "
                 + ("one seed" if self.seeds == 1 else f"means over {self.seeds} seeds"))
         two = "{:.2g}".format
         if met:
@@ -323,11 +323,13 @@ class FigurePage:
             return ""
         prov = provenance_table(self.runs)
         if self.published:
-            notes = sorted({n for r in self.runs if (n := (r.meta.get("git") or {}).get("note"))})
+            notes = sorted({markdown_text(n) for r in self.runs if (n := (r.meta.get("git") or {}).get("note"))})
+            listed = {column: ", ".join(sorted({markdown_text(v) for v in prov[column]}))
+                      for column in ("device", "precision")}
             return (f"These are **published results**: the book reads them from `published/{self.profile}/` and "
-                    f"does not retrain them. They were trained on {', '.join(sorted(prov['device'].unique()))} in "
-                    f"{', '.join(sorted(prov['precision'].unique()))}, finished between "
-                    f"{prov['finished (UTC)'].min()} and {prov['finished (UTC)'].max()} UTC; their wall times "
+                    f"does not retrain them. They were trained on {listed['device']} in {listed['precision']}, "
+                    f"finished between {markdown_text(prov['finished (UTC)'].min())} and "
+                    f"{markdown_text(prov['finished (UTC)'].max())} UTC; their wall times "
                     f"(training, measuring and settling, some side by side on one device) add up to "
                     f"{prov['wall min'].sum():.0f} minutes. `ncpaper sweep --profile {self.profile} --figure "
                     f"{self.figure} --retrain-published` retrains them (resuming from checkpoints) and `ncpaper "
@@ -381,11 +383,16 @@ class FigurePage:
                 f"{last.loc[0.0, nc3] / last.loc[w, nc3]:.2g} times lower than without weight decay")
 
 
+def _plain(title: str) -> str:
+    """A figure title that matplotlib draws as it is (a ``$`` in a data source would start mathtext)."""
+    return title.replace("$", r"\$")
+
+
 def _not_published(profile: str, figure: str, err: Exception) -> str:
     return (f"**Not yet published.** The full-scale runs of this figure (profile '{profile}', as it stands in "
             f"`ncpaper/profiles.yaml`) are not in `published/{profile}/` yet, so there is no figure here. To make "
             f"them: `ncpaper sweep --profile {profile} --figure {figure}`, then `ncpaper publish --profile "
-            f"{profile}`, and rebuild the book. ({err})")
+            f"{profile}`, and rebuild the book. ({markdown_text(err)})")
 
 
 def figure_page(profile: str, figure: str, figure_number: int, published: bool = False,
