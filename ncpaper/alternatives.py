@@ -54,6 +54,8 @@ ARMS = {"implicit": "A. implicit bias", "small_lambda": "B. small λ", "cross_en
 SMALL_LAMBDA_BELOW = 0.0028
 # The horizon runs' knobs (PyTorch's initialisation, the horizon rate), as arm A names its settings.
 DEFAULT_SETTING = "init ×1, η ×1"
+# Every comparison "yes" but those where weight decay does not collapse the measure either.
+NECESSARY_WHERE_COLLAPSED = "necessary wherever weight decay collapses it"
 # A run's collapse time: the first epoch after which NC1 stays within this factor of its final value.
 COLLAPSE_WITHIN = 2.0
 
@@ -176,8 +178,9 @@ def measure_answer(rows: list[Comparison], measure: str) -> tuple[str, list[str]
     """Is weight decay necessary for ``measure``, over the comparisons of arms A, C and D on one dataset?
 
     Returns (answer, settings): "not necessary" with the settings where lambda = 0 collapses as far as weight decay
-    (:func:`outcome` "no"); else "necessary in every setting tried" when every comparison is "yes"; else "necessary
-    in k of n settings" with the settings that are not ("not decided", or "neither collapses"). Arm B (a small lambda
+    (:func:`outcome` "no"); else "necessary in every setting tried" when every comparison is "yes";
+    :data:`NECESSARY_WHERE_COLLAPSED` with the other settings when each is "yes" or "neither collapses"; else
+    "necessary in k of n settings" with the settings that are not, and why. Arm B (a small lambda
     against none) cannot show that weight decay is unneeded.
     """
     judged = [c for c in rows if c.arm != "small_lambda"]
@@ -191,6 +194,9 @@ def measure_answer(rows: list[Comparison], measure: str) -> tuple[str, list[str]
     yes = sum(a == "yes" for _, a in outcomes)
     if yes == len(outcomes):
         return "necessary in every setting tried", []
+    neither = [_setting_name(c) for c, a in outcomes if a == "neither collapses"]
+    if yes and yes + len(neither) == len(outcomes):
+        return NECESSARY_WHERE_COLLAPSED, neither
     return f"necessary in {yes} of {len(outcomes)} settings", [f"{_setting_name(c)}: {a}" for c, a in outcomes
                                                                 if a != "yes"]
 

@@ -59,8 +59,10 @@ def test_one_setting_where_lambda_zero_reaches_weight_decay_makes_it_not_necessa
                                                              ["cross-entropy: not decided"])
     # within 5x of weight decay, but neither collapsed (both near lambda = 0's value at the default knobs)
     neither = after("cross-entropy", "cross_entropy", [0.08] * 3, [0.05] * 3)
-    assert measure_answer([default, neither], "nc1") == ("necessary in 1 of 2 settings",
-                                                         ["cross-entropy: neither collapses"])
+    assert measure_answer([default, neither], "nc1") == ("necessary wherever weight decay collapses it",
+                                                         ["cross-entropy"])
+    assert measure_answer([default, neither, overlapping], "nc1") == (
+        "necessary in 1 of 3 settings", ["cross-entropy: neither collapses", "cross-entropy: not decided"])
     with pytest.raises(ValueError, match="no comparison"):
         measure_answer([small_lambda], "nc1")
 

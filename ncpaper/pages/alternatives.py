@@ -19,6 +19,7 @@ from ..alternatives import (
     COLLAPSE_WITHIN,
     DEFAULT_SETTING,
     MEASURES,
+    NECESSARY_WHERE_COLLAPSED,
     Comparison,
     baseline_value,
     collapse_slope,
@@ -175,8 +176,10 @@ class AlternativesPage:
         answer, settings = measure_answer(self.of(dataset), measure)
         if answer == "not necessary":
             return f"not necessary (λ = 0 reaches it with {'; '.join(settings)})"
+        if answer == NECESSARY_WHERE_COLLAPSED:
+            return f"{answer} (with {'; '.join(settings)} weight decay does not either)"
         if settings:
-            return f"{answer} (not decided with {'; '.join(settings)})"
+            return f"{answer} (other settings: {'; '.join(settings)})"
         return answer
 
     def dataset_label(self, dataset: str) -> str:
@@ -187,31 +190,37 @@ class AlternativesPage:
         return f"{DATASET_NAMES[dataset]} ({'; '.join(sources)})"
 
     def groups(self) -> dict:
-        """(measure, dataset) pairs grouped by their answer: "necessary" (every setting), "not necessary" (with the
-        settings that make it so), "mixed" (some settings not decided)."""
+        """(measure, dataset, settings) grouped by answer: "necessary" (every setting tried, or every one where weight
+        decay collapses it: then the settings where it does not), "not necessary" (with the settings where lambda = 0
+        collapses too), "mixed"."""
         out = {"necessary": [], "not necessary": [], "mixed": []}
         for m in MEASURES:
             for d in self.datasets:
                 answer, settings = measure_answer(self.of(d), m)
-                kind = ("necessary" if answer.endswith("every setting tried") else
-                        "not necessary" if answer == "not necessary" else "mixed")
-                out[kind].append((m, d, settings))
+                kind = ("not necessary" if answer == "not necessary" else
+                        "necessary" if answer in ("necessary in every setting tried", NECESSARY_WHERE_COLLAPSED)
+                        else "mixed")
+                out[kind].append((m, d, [] if kind == "mixed" else settings))
         return out
 
     def takeaway(self) -> str:
-        """Two or three lines: which measures need weight decay in every setting tried, which do not, and where."""
-        groups = self.groups()
-        parts = []
-        if groups["necessary"]:
-            parts.append("necessary in every setting tried for " + _pairs(groups["necessary"]))
+        """At most three lines: per answer, the measures (and datasets) it holds for, and the knobs that stand in for
+        weight decay where it is not necessary."""
+        groups, parts = self.groups(), []
         if groups["not necessary"]:
-            parts.append("**not necessary** for " + _pairs(groups["not necessary"]) + ": at λ = 0 some knob reaches "
-                         "the weight-decay value")
+            kinds = [k for _, _, settings in groups["not necessary"] for s in settings
+                     for k in _knob_kinds([s]).split(" or ")]
+            common = sorted(set(kinds), key=lambda k: (-kinds.count(k), k))[:2]
+            parts.append(f"Not for {_measures(groups['not necessary'])}: at λ = 0 some settings reach weight "
+                         f"decay's values (e.g. {' or '.join(common)})")
+        if groups["necessary"]:
+            parts.append(f"Necessary for {_measures(groups['necessary'])}"
+                         + (", wherever weight decay collapses it"
+                            if any(settings for _, _, settings in groups["necessary"]) else ""))
         if groups["mixed"]:
-            parts.append("necessary in some settings (others undecided, or neither collapses) for "
-                         + _pairs(groups["mixed"]))
-        return ("**Is weight decay necessary?** " + "; ".join(parts) + f". After interpolation, seeds "
-                f"{', '.join(map(str, self.seeds))}, {len(self.settings_tried())} settings; our rule, not the paper's.")
+            parts.append(f"Not decided for {_measures(groups['mixed'])}")
+        return (f"**Is weight decay necessary?** {'. '.join(parts)}. After interpolation; seeds "
+                f"{', '.join(map(str, self.seeds))}; {len(self.settings_tried())} settings; our rule, not the paper's.")
 
     def settings_tried(self) -> list[str]:
         return sorted({(c.arm, c.setting) for c in self.comparisons if c.arm != "small_lambda"})
@@ -261,12 +270,19 @@ class AlternativesPage:
             minutes=("minutes", "sum")).reset_index()
 
     def one_line(self) -> str:
-        """The answer in one line, per dataset and measure (for the landing page and the takeaway)."""
-        per = []
-        for dataset in self.datasets:
-            per.append(f"{DATASET_NAMES[dataset]}: " + "; ".join(f"{name} {self.answer(dataset, m)}"
-                                                                 for m, name in MEASURES.items()))
-        return ". ".join(per)
+        """The answer in one line, grouped by answer (for the landing page): which measures need weight decay, which
+        do not, and which knobs stand in for it."""
+        groups = self.groups()
+        parts = []
+        if groups["not necessary"]:
+            parts.append("not necessary for " + _pairs(groups["not necessary"], knobs=True))
+        if groups["necessary"]:
+            parts.append("necessary for " + _pairs(groups["necessary"])
+                         + (" (in every setting where weight decay collapses it)"
+                            if any(s for _, _, s in groups["necessary"]) else ""))
+        if groups["mixed"]:
+            parts.append("not decided for " + _pairs(groups["mixed"]))
+        return "; ".join(parts)
 
     @property
     def seeds(self) -> list[int]:
@@ -474,8 +490,35 @@ class AlternativesPage:
             glue(f"collapse_slope_{d}", f"{slope:.2f}", display=False)
 
 
-def _pairs(items) -> str:
-    """ "NC1 on MNIST (with init ×0.3, η ×1), NC3 (W centred) on both datasets" from (measure, dataset, settings)."""
+def _measures(items) -> str:
+    """ "NC1 and NC4 (both datasets), NC3 (raw W) on CIFAR-10" from (measure, dataset, settings) triples."""
+    datasets: dict = {}
+    for m, d, _ in items:
+        datasets.setdefault(m, []).append(d)
+    by_where: dict = {}
+    for m, ds in datasets.items():
+        where = "both datasets" if len(ds) == len(DATASET_NAMES) else " and ".join(DATASET_NAMES[d] for d in ds)
+        by_where.setdefault(where, []).append(MEASURES[m])
+    return ", ".join(f"{' and '.join(names)} on {where}" for where, names in by_where.items())
+
+
+def _knob_kinds(settings) -> str:
+    """What the settings moved, in words: "a smaller initialisation or a 4x learning rate", "a ConvNet", ..."""
+    kinds = []
+    for setting in settings:
+        if setting.startswith("init ×"):
+            init, rate = (float(part.split("×")[1]) for part in setting.split(", "))
+            kinds += ["a smaller initialisation"] if init < 1 else []
+            kinds += [f"a {rate:g}x learning rate"] if rate != 1 else []
+            kinds += ["the default knobs"] if init == 1 and rate == 1 else []
+        else:
+            kinds.append({"ConvNet": "a ConvNet"}.get(setting, setting))
+    return " or ".join(dict.fromkeys(kinds))
+
+
+def _pairs(items, knobs: bool = False) -> str:
+    """ "NC1 on both datasets (λ = 0 reaches weight decay's value with a smaller initialisation or a 4x learning
+    rate), NC3 (W centred) on CIFAR-10" from (measure, dataset, settings) triples."""
     by_measure: dict = {}
     for m, d, settings in items:
         by_measure.setdefault(m, []).append((d, settings))
@@ -484,7 +527,10 @@ def _pairs(items) -> str:
         datasets = [d for d, _ in entries]
         where = "both datasets" if len(datasets) == len(DATASET_NAMES) else " and ".join(DATASET_NAMES[d]
                                                                                         for d in datasets)
-        parts.append(f"{MEASURES[m]} on {where}")
+        detail = ""
+        if knobs:
+            detail = f" (λ = 0 reaches weight decay's value with {_knob_kinds(s for _, ss in entries for s in ss)})"
+        parts.append(f"{MEASURES[m]} on {where}{detail}")
     return ", ".join(parts)
 
 
