@@ -58,6 +58,9 @@ DEFAULT_SETTING = "init ×1, η ×1"
 NECESSARY_WHERE_COLLAPSED = "necessary wherever weight decay collapses it"
 # A run's collapse time: the first epoch after which NC1 stays within this factor of its final value.
 COLLAPSE_WITHIN = 2.0
+# A collapse time is censored (the run may not have settled) unless at least this many measured epochs, the last
+# included, lie at or after it: on the profile's log-spaced grid (48 points), the last third of the run or more.
+SETTLED_POINTS = 3
 
 
 def _family(row) -> tuple[str, str]:
@@ -226,8 +229,8 @@ def collapse_slope(times: pd.DataFrame) -> float:
 def collapse_times(table: pd.DataFrame, knobs: pd.DataFrame, within: float = COLLAPSE_WITHIN) -> pd.DataFrame:
     """Per weight-decay run of a square-loss MLP at PyTorch's initialisation and a constant rate: its collapse time
     (:func:`~ncpaper.analysis.collapse_time` of NC1, in epochs and in SGD steps), 1/(eta lambda) in steps, its last
-    epoch and NC1 at the end. ``censored``: the collapse time is in the last tenth of the run, so the run may not
-    have settled yet."""
+    epoch and NC1 at the end. ``censored``: fewer than :data:`SETTLED_POINTS` measured epochs lie at or after the
+    collapse time, so NC1 may still be moving: a lower bound, not a measurement."""
     chosen = knobs[(knobs["weight_decay"] > 0) & (knobs["model"] == "mlp") & (knobs["loss"] == "square")
                    & (knobs["init_scale"] == 1) & knobs["constant_rate"]]
     rows = []
@@ -241,7 +244,7 @@ def collapse_times(table: pd.DataFrame, knobs: pd.DataFrame, within: float = COL
                      "collapse_steps": epoch * steps_per_epoch,
                      "relaxation_steps": 1 / (k["lr"] * k["weight_decay"]),
                      "nc1_end": float(run["nc1"].iloc[-1]),
-                     "censored": bool(epoch > 0.9 * run["epoch"].iloc[-1])})
+                     "censored": bool((run["epoch"] >= epoch).sum() < SETTLED_POINTS)})
     return pd.DataFrame(rows)
 
 

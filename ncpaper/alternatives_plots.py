@@ -18,10 +18,10 @@ SHORT_ARMS = {"implicit": "", "cross_entropy": "cross-entropy", "convnet": "Conv
 
 
 def _short(comparison) -> str:
-    """A setting's tick label: "s 0.3\nη x4" for arm A, the arm's name otherwise."""
+    """A setting's tick label: "init ×0.3, η ×4" for arm A, the arm's name otherwise."""
     if comparison.arm == "implicit":
         init, rate = comparison.setting.split(", ")
-        return f"{init}\n{rate}"
+        return f"{init}, {rate}"
     return SHORT_ARMS.get(comparison.arm, comparison.arm)
 
 
@@ -53,7 +53,7 @@ def alternatives_figure(rows: dict, measures: dict, n_train: dict) -> plt.Figure
                                     color=lambda_colour(v.best_lambda), markersize=4, capsize=2, linewidth=0.9)
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-                ax.set_xticks(range(len(shown)), [_short(c) for c in shown], rotation=90, fontsize=6.5)
+                ax.set_xticks(range(len(shown)), [_short(c) for c in shown], rotation=90, fontsize=6)
                 ax.grid(True, axis="y", which="major", alpha=0.3)
                 if r == 0:
                     ax.set_title(title)
@@ -72,7 +72,7 @@ def dataset_name(dataset: str) -> str:
 
 def collapse_time_figure(times: pd.DataFrame, small: dict, names: dict) -> plt.Figure:
     """Left: collapse time (SGD steps) against 1/(eta lambda) (steps), log-log, a fitted line per dataset and a slope-1
-    guide; open markers for runs whose collapse time is in their last tenth. Right: NC1 at the end against lambda
+    guide; open markers for censored runs (NC1 may still be moving). Right: NC1 at the end against lambda
     (``small``: dataset -> :func:`~ncpaper.alternatives.small_lambda_frame`), lambda = 0 as a dashed line and band."""
 
 

@@ -91,7 +91,7 @@ def _published_ends(profile: str, column: str, **knobs) -> dict:
     out: dict = {}
     for meta_path in sorted((REPO / "published" / profile).glob("*/meta.json")):
         config = json.loads(meta_path.read_text())["config"]
-        if any(config.get(k, defaults.get(k)) != v for k, v in knobs.items()):
+        if any(config.get(k, defaults.get(k)) != v for k, v in {**defaults, **knobs}.items()):
             continue
         rows = pd.read_csv(meta_path.parent / "metrics.csv")
         rows = rows[rows["phase"] == "train"].sort_values("epoch")

@@ -20,6 +20,7 @@ from ..alternatives import (
     DEFAULT_SETTING,
     MEASURES,
     NECESSARY_WHERE_COLLAPSED,
+    SETTLED_POINTS,
     Comparison,
     baseline_value,
     collapse_slope,
@@ -249,7 +250,8 @@ class AlternativesPage:
                 f"to {frame['weight_decay'].max():g}, η ×1 and ×4), the collapse time against 1/(ηλ) has a fitted "
                 f"slope of {slopes['both']:.2f} on log axes (one intercept per dataset; alone: {per}): the time "
                 f"weight decay needs {scaled} (within "
-                f"0.25 of 1 counts as proportional). {censored} run(s) collapsed only in their last tenth and are "
+                f"0.25 of 1 counts as proportional). {censored} run(s) have fewer than {SETTLED_POINTS} measurements "
+                f"after their collapse time (NC1 may still be moving: lower bounds) and are "
                 f"left out of the fit.")
 
     def provenance(self) -> pd.DataFrame:
@@ -333,7 +335,7 @@ class AlternativesPage:
                          "1/(ηλ) steps": f"{g['relaxation_steps'].iloc[0]:,.0f}",
                          "collapse time (steps)": _value(g["collapse_steps"], 3),
                          "NC1 at the end": _value(g["nc1_end"]),
-                         "in the last tenth": f"{int(g['censored'].sum())} of {len(g)}"})
+                         "not settled": f"{int(g['censored'].sum())} of {len(g)}"})
         return pd.DataFrame(rows)
 
     def small_lambda_table(self) -> pd.DataFrame:
@@ -346,20 +348,25 @@ class AlternativesPage:
         return pd.DataFrame(rows)
 
     def continuity(self, dataset: str) -> str:
-        """Does NC1 at the end go back to lambda = 0's value as lambda -> 0? Compared at the smallest lambda."""
+        """Does NC1 at the end go back to lambda = 0's value as lambda -> 0? Compared at the smallest lambda, with the
+        lambdas whose runs had not settled (:func:`~ncpaper.alternatives.collapse_times`)."""
         frame = small_lambda_frame(self.comparisons, dataset)
         zero, positive = frame.loc[0.0, "mean"], frame[frame.index > 0]
         smallest = positive.index.min()
         ratio = zero / positive.loc[smallest, "mean"]
-        monotone = bool(positive["mean"].is_monotonic_increasing)
         trend = ("it falls as λ grows over the whole range" if positive["mean"].is_monotonic_decreasing else
-                 "it rises with λ over the whole range" if monotone else "it is lowest at an intermediate λ "
-                 f"({positive['mean'].idxmin():g})")
+                 "it rises with λ over the whole range" if positive["mean"].is_monotonic_increasing else
+                 f"it is lowest at an intermediate λ ({positive['mean'].idxmin():g})")
         near = "already back within 2x of" if ratio < 2 else f"still {_fold(ratio)} times below"
+        times = self.collapse_frame[self.collapse_frame["dataset"] == dataset]
+        times = times[times["lr"] == times["lr"].min()]  # the horizon rate: the small lambdas' runs
+        moving = [f"λ = {w:g} ({int(g['censored'].sum())} of {len(g)} runs, {int(g['epochs'].max()):,} epochs)"
+                  for w, g in times.groupby("weight_decay") if g["censored"].any()]
+        still = (f" NC1 had not settled by the end (fewer than {SETTLED_POINTS} measurements within 2x of its final "
+                 f"value) with {'; '.join(moving)}: their collapse times are lower bounds, and their NC1 may still "
+                 f"change." if moving else "")
         return (f"On {DATASET_NAMES[dataset]}, NC1 at the end with λ = {smallest:g} is {near} λ = 0's "
-                f"({positive.loc[smallest, 'mean']:.2g} against {zero:.2g}); among λ > 0 {trend}.")
-
-    # ---- figures ----
+                f"({positive.loc[smallest, 'mean']:.2g} against {zero:.2g}); among λ > 0 {trend}.{still}")
 
     def _figure(self, fig, stem: str, title: str, caption: str, alt: str):
         from .figures import page_figure
@@ -398,7 +405,8 @@ class AlternativesPage:
             f"**How long does weight decay take?** Left: each weight-decay run's collapse time (the first epoch "
             f"after which NC1 stays within {COLLAPSE_WITHIN:g}x of its final value, in SGD steps) against "
             f"1/(ηλ) in steps, log-log (square loss, PyTorch's initialisation, constant rate; open markers: "
-            f"the collapse time falls in the run's last tenth, so the run may not have settled: left out of the "
+            f"fewer than {SETTLED_POINTS} measurements follow the collapse time, so NC1 may still be moving: left out "
+            f"of the "
             f"fits). Solid lines: least-squares fits per dataset (a common slope with one intercept per dataset: "
             f"{slopes['both']:.2f}); dotted: slope 1, proportional to 1/(ηλ). Right: NC1 at the last epoch against "
             f"λ (seed mean and min–max); the dashed line and band are λ = 0.",
@@ -447,11 +455,12 @@ class AlternativesPage:
                 end = run.iloc[-1]
                 growth.append(100 * (math.sqrt(end["weight_norm_sq"] / start["weight_norm_sq"]) - 1))
                 loss_fall.append(start["train_loss"] / end["train_loss"])
-                nc1_ratio.append(end["nc1"] / start["nc1"])
+                nc1_ratio.append(100 * (end["nc1"] / start["nc1"] - 1))
             parts.append(f"On {DATASET_NAMES[dataset]} with cross-entropy and λ = 0, from epoch {start['epoch']:,.0f} "
                          f"to {last:,.0f} the weights' norm grows by {_value(growth)}%, the cross-entropy falls "
-                         f"{_value(loss_fall)} times and NC1 ends at {_value(nc1_ratio)} times its value at epoch "
-                         f"{start['epoch']:,.0f} (seed ranges).")
+                         f"{_value(loss_fall)} times and NC1 changes by {_value(nc1_ratio)}% (seed ranges)"
+                         + (": the outputs sharpen while the features stay where they are." if max(map(abs, nc1_ratio))
+                            < 20 else "."))
         return " ".join(parts)
 
     def convnet_markdown(self) -> str:
@@ -471,7 +480,8 @@ class AlternativesPage:
             relax = k["lr"] * k["weight_decay"] * steps
             momentum = next(r.config.momentum for r in self.runs if r.meta["key"] == k["run_id"])
             times = [collapse_time(train[train["run_id"] == rid].sort_values("epoch")) for rid in runs["run_id"]]
-            settled = all(t <= 0.9 * k["epochs"] for t in times)
+            settled = all(int((train[train["run_id"] == rid]["epoch"] >= t).sum()) >= SETTLED_POINTS
+                          for rid, t in zip(runs["run_id"], times, strict=True))
             parts.append(f"On {DATASET_NAMES[d]} the ConvNet's λ = {k['weight_decay']:g} gets ηλ × steps = "
                          f"{relax:.2g} relaxation times in {k['epochs']:,} epochs ({relax / (1 - momentum):.2g} with "
                          f"momentum's 1/(1 − β)); its NC1 settles (within {COLLAPSE_WITHIN:g}x of its end) at epoch "
