@@ -35,6 +35,7 @@ PLOTLY_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamon
 FONT_PX = 13  # text size of the interactive figures (ticks, legend, hover), in CSS pixels
 HEIGHT_PX = 460
 LINE_PX = 2.0
+NARROW_PX = 600  # a chart narrower than this (a phone) has no mode bar and no drag: a swipe scrolls the page
 
 
 @dataclass
@@ -55,7 +56,7 @@ class InteractiveFigure:
         return (f'<figure class="nc-interactive" id="{self.div_id}-figure">'
                 f'<div class="nc-interactive-plot" id="{self.div_id}" style="min-height:{HEIGHT_PX}px"></div>'
                 f'<script type="application/json" class="nc-interactive-data">{data}</script>'
-                f"<script>{_DRAW % {'id': json.dumps(self.div_id)}}</script>"
+                f"<script>{_DRAW % {'id': json.dumps(self.div_id), 'narrow': NARROW_PX}}</script>"
                 f'<p class="nc-interactive-fallback" hidden>The interactive figure needs plotly.min.js, which the '
                 f"book's site serves; the figure above is the same data.</p>"
                 f"<figcaption>{html.escape(self.caption)}</figcaption></figure>")
@@ -72,6 +73,18 @@ _DRAW = """(function () {
   function draw() {
     if (!window.Plotly) { box.querySelector('.nc-interactive-fallback').hidden = false; return; }
     var spec = JSON.parse(box.querySelector('script.nc-interactive-data').textContent);
+    // a phone or any touch screen: no mode bar (it covered the menu) and no drag (zoom or pan), so that a vertical
+    // swipe over the chart scrolls the page; hover (a tap) and the legend still work
+    if (plot.clientWidth < %(narrow)d || window.matchMedia('(pointer: coarse)').matches) {
+      spec.config.displayModeBar = false;
+      spec.layout.dragmode = false;
+      box.classList.add('nc-touch');
+      // Plotly's own touch handler on the plot area blocks scrolling: the browser keeps the swipe, and a tap still
+      // shows a point's values through the mouse events it is followed by
+      plot.addEventListener('touchstart', function (e) {
+        if (e.target.closest && e.target.closest('.nsewdrag, .draglayer')) { e.stopPropagation(); }
+      }, {capture: true, passive: true});
+    }
     window.Plotly.newPlot(plot, spec.data, spec.layout, spec.config);
   }
   if (window.Plotly || document.readyState !== 'loading') { draw(); }
@@ -108,28 +121,69 @@ def _lambda_text(value: float) -> str:
     return "0 (no weight decay)" if value == 0 else f"{value:g}"
 
 
-def _layout(title: str, x_title: str, x_log: bool, metrics: list[tuple[str, str, bool]], traces: list[dict],
-            values: list[dict]) -> dict:
-    """The shared layout: a menu that switches every trace's y values to another quantity."""
+# An error rate's axis (the static figures' symlog, linear below 0.1%): Plotly has no symlog, so a rate is drawn on a
+# log axis with 0 (and anything under ERROR_FLOOR) at ERROR_FLOOR, labelled "0"; the hover gives the exact value
+ERROR_FLOOR = 1e-4
+ERROR_TICKS = ([ERROR_FLOOR, 1e-3, 1e-2, 1e-1, 1.0], ["0", "0.1%", "1%", "10%", "100%"])
+
+
+def _shown(values: list, scale) -> list:
+    """The y values as drawn: an error rate's below ERROR_FLOOR at the floor."""
+    if scale != "symlog":
+        return values
+    return [v if v is None or (isinstance(v, float) and math.isnan(v)) else max(v, ERROR_FLOOR) for v in values]
+
+
+def _threshold_shape() -> dict:
+    """The dashed line of "fits its training set" (``TERMINAL_TRAIN_ERROR``) on an error panel, labelled."""
+    from .analysis import TERMINAL_TRAIN_ERROR
+
+    return {"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": TERMINAL_TRAIN_ERROR,
+            "y1": TERMINAL_TRAIN_ERROR, "line": {"color": "#b22222", "dash": "dash", "width": 1},
+            "label": {"text": f"{TERMINAL_TRAIN_ERROR:.1%}: fits", "textposition": "end",
+                      "font": {"size": FONT_PX - 2, "color": "#b22222"}}}
+
+
+def _axis(label: str, scale) -> dict:
+    """The y axis of one quantity (``scale``: True log, False linear, "symlog" an error rate's)."""
+    axis = {"yaxis.type": "log" if scale else "linear", "yaxis.title.text": label,
+            "yaxis.tickvals": None, "yaxis.ticktext": None}
+    if scale == "symlog":
+        axis["yaxis.tickvals"], axis["yaxis.ticktext"] = ERROR_TICKS
+    return axis
+
+
+def _layout(title: str, x_title: str, x_log: bool, metrics: list[tuple[str, str, object]], traces: list[dict],
+            values: list[dict], shapes: list | None = None) -> dict:
+    """The shared layout: a menu that switches every trace's y values (and the exact values the hover shows) to
+    another quantity, with its axis; an error rate's panel shows the threshold of "fits its training set"."""
+    shapes = shapes or []
     buttons = []
-    for k, (_, label, log) in enumerate(metrics):
+    for k, (_, label, scale) in enumerate(metrics):
+        panel_shapes = shapes + ([_threshold_shape()] if scale == "symlog" else [])
         buttons.append({"label": label, "method": "update",
-                        "args": [{"y": [v[k] for v in values], "meta": [label] * len(traces)},
-                                 {"yaxis.type": "log" if log else "linear", "yaxis.title.text": label}]})
-    first_label, first_log = metrics[0][1], metrics[0][2]
+                        "args": [{"y": [_shown(v[k], scale) for v in values], "meta": [label] * len(traces),
+                                  "text": [v[k] for v in values]},
+                                 {**_axis(label, scale), "shapes": panel_shapes}]})
+    first_label, first_scale = metrics[0][1], metrics[0][2]
+    first_axis = _axis(first_label, first_scale)
     # no title inside the plot (the caption names the figure: a title does not fit a phone's width); x log axes
     # labelled at decades only (Plotly draws its in-between labels smaller than FONT_PX)
+    yaxis = {"type": first_axis["yaxis.type"], "title": {"text": first_label}, "exponentformat": "e",
+             "gridcolor": "#e5e5e5"}
+    if first_scale == "symlog":
+        yaxis["tickvals"], yaxis["ticktext"] = ERROR_TICKS
     return {
         "meta": {"title": title},
         "font": {"size": FONT_PX, "family": "DejaVu Sans, Verdana, sans-serif"},
         "height": HEIGHT_PX, "autosize": True, "margin": {"l": 60, "r": 10, "t": 40, "b": 40},
         "xaxis": {"type": "log" if x_log else "linear", "title": {"text": x_title, "standoff": 4},
                   "gridcolor": "#e5e5e5", **({"dtick": 1} if x_log else {})},
-        "yaxis": {"type": "log" if first_log else "linear", "title": {"text": first_label}, "exponentformat": "e",
-                  "gridcolor": "#e5e5e5"},
+        "yaxis": yaxis,
         "legend": {"orientation": "h", "y": -0.16, "yanchor": "top", "x": 0, "font": {"size": FONT_PX}},
         "hoverlabel": {"font": {"size": FONT_PX}},
         "plot_bgcolor": "white", "hovermode": "closest",
+        "shapes": shapes + ([_threshold_shape()] if first_scale == "symlog" else []),
         "updatemenus": [{"buttons": buttons, "direction": "down", "x": 0, "xanchor": "left", "y": 1.0,
                          "yanchor": "bottom", "pad": {"b": 4}, "showactive": True, "font": {"size": FONT_PX}}],
     }
@@ -139,10 +193,10 @@ _CONFIG = {"responsive": True, "displaylogo": False, "modeBarButtonsToRemove": [
            "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 _HOVER = ("λ = %{customdata[0]}<br>seed %{customdata[1]}<br>epoch %{customdata[2]}<br>"
-          "%{meta}: %{y:.4g}<extra></extra>")
+          "%{meta}: %{text:.4g}<extra></extra>")  # text: the exact value (y may sit at an error axis' floor)
 
 
-def _nc_metrics(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
+def _nc_metrics(table: pd.DataFrame) -> list[tuple[str, str, object]]:
     """(column, label, log y) of every quantity Figure 1-2 plot: class-means and classifier sides apart."""
     from .plots import NC_PANELS, classifier_column
 
@@ -153,7 +207,7 @@ def _nc_metrics(table: pd.DataFrame) -> list[tuple[str, str, bool]]:
     metrics = []
     for means, weights, _, log in NC_PANELS:
         if means:
-            metrics.append((means, names[means], log is True))
+            metrics.append((means, names[means], log if log == "symlog" else log is True))
         if weights:
             column, centred = classifier_column(table, weights)
             label = "NC3" if weights == "nc3" else names[weights.replace("weights", "means")].replace("means", "W")
@@ -178,22 +232,24 @@ def nc_figure(table: pd.DataFrame, title: str, name: str, rate_cuts=()) -> Inter
         first_seed = seed == data.loc[data["weight_decay"] == wd, "seed"].min()
         traces.append({
             "type": "scatter", "mode": "lines+markers", "name": lambda_label(wd), "legendgroup": lambda_label(wd),
-            "showlegend": bool(first_seed), "x": run["epoch"].tolist(), "y": run[metrics[0][0]].tolist(),
+            "showlegend": bool(first_seed), "x": run["epoch"].tolist(),
+            "y": _shown(run[metrics[0][0]].tolist(), metrics[0][2]), "text": run[metrics[0][0]].tolist(),
             "customdata": [[_lambda_text(wd), int(seed), int(e)] for e in run["epoch"]],
             "meta": metrics[0][1], "hovertemplate": _HOVER,
             "line": {"color": style.colour, "dash": style.plotly_dash(LINE_PX), "width": LINE_PX},
             "marker": {"symbol": PLOTLY_SYMBOLS[style.marker], "size": 7, "color": style.colour}})
         values.append([run[column].tolist() for column, _, _ in metrics])
-    layout = _layout(title, "epoch", True, metrics, traces, values)
-    layout["shapes"] = [{"type": "line", "xref": "x", "yref": "paper", "x0": e, "x1": e, "y0": 0, "y1": 1,
-                         "line": {"color": "grey", "dash": "dot", "width": 1}} for e in rate_cuts]
+    cuts = [{"type": "line", "xref": "x", "yref": "paper", "x0": e, "x1": e, "y0": 0, "y1": 1,
+             "line": {"color": "grey", "dash": "dot", "width": 1}} for e in rate_cuts]
+    layout = _layout(title, "epoch", True, metrics, traces, values, shapes=cuts)
     caption = (f"Interactive version of the figure above ({title}): pick a quantity in the menu; hover a point for "
                "its weight decay, seed, epoch and value; click a legend entry to hide or show that weight decay.")
     return InteractiveFigure({"data": traces, "layout": layout, "config": _CONFIG}, name, caption)
 
 
-# (column, label, log y) of the phase diagrams' quantities
-PHASE_METRICS = [("train_error", "Training error", False), ("eps", "ε = 1 − mean f_y(x)", True), ("nc1", "NC1", True),
+# (column, label, y axis: log, linear or "symlog", an error rate's) of the phase diagrams' quantities
+PHASE_METRICS = [("train_error", "Training error", "symlog"), ("eps", "ε = 1 − mean f_y(x)", True),
+                 ("nc1", "NC1", True),
                  ("nc2_equinorm_means", "NC2 equinorm, means", True),
                  ("nc2_equiangular_means", "NC2 equiangular, means", True), ("nc3", "NC3", True),
                  ("nc4", "NC4", False)]
@@ -222,26 +278,28 @@ def phase_figure(last: pd.DataFrame, title: str, name: str) -> InteractiveFigure
         group = f"seed {int(seed)}"
         line = runs[runs["weight_decay"] > 0]  # the seed's line through lambda > 0 (its legend entry)
         traces.append({"type": "scatter", "mode": "lines", "name": group, "legendgroup": group, "hoverinfo": "skip",
-                       "x": line["weight_decay"].tolist(), "y": line[metrics[0][0]].tolist(),
+                       "x": line["weight_decay"].tolist(), "y": _shown(line[metrics[0][0]].tolist(), metrics[0][2]),
+                       "text": line[metrics[0][0]].tolist(),
                        "line": {"color": "#777777", "width": 1.2, "dash": dashes[k % len(dashes)]}})
         values.append([line[column].tolist() for column, _, _ in metrics])
         ws = runs["weight_decay"].tolist()  # every run's point, lambda = 0 apart at the left, in its own style
         traces.append({
             "type": "scatter", "mode": "markers", "name": group, "legendgroup": group, "showlegend": False,
-            "x": [zero_at if w == 0 else w for w in ws], "y": runs[metrics[0][0]].tolist(),
+            "x": [zero_at if w == 0 else w for w in ws], "y": _shown(runs[metrics[0][0]].tolist(), metrics[0][2]),
+            "text": runs[metrics[0][0]].tolist(),
             "customdata": [[_lambda_text(w), int(seed), int(e)] for w, e in zip(ws, runs["epoch"], strict=True)],
             "meta": metrics[0][1], "hovertemplate": _HOVER,
             "marker": {"size": 9, "color": [styles[w].colour for w in ws],
                        "symbol": [PLOTLY_SYMBOLS[styles[w].marker] for w in ws],
                        "line": {"color": "black", "width": 0.5}}})
         values.append([runs[column].tolist() for column, _, _ in metrics])
-    layout = _layout(title, "λ (left of the grey line: λ = 0)", True, metrics, traces, values)
+    apart = [{"type": "line", "xref": "x", "yref": "paper", "x0": zero_at * 3, "x1": zero_at * 3,
+              "y0": 0, "y1": 1, "line": {"color": "grey", "width": 1}}]
+    layout = _layout(title, "λ (left of the grey line: λ = 0)", True, metrics, traces, values, shapes=apart)
     decades = [10.0 ** e for e in range(math.floor(math.log10(positive[0])), 1)] if positive else []
     decades = [d for d in decades if d <= 1.5 * max(positive)] if positive else []
     layout["xaxis"].update({"tickvals": [zero_at, *decades], "ticktext": ["0", *[f"{d:g}" for d in decades]]})
     layout["xaxis"].pop("dtick", None)
-    layout["shapes"] = [{"type": "line", "xref": "x", "yref": "paper", "x0": zero_at * 3, "x1": zero_at * 3,
-                         "y0": 0, "y1": 1, "line": {"color": "grey", "width": 1}}]
     caption = (f"Interactive version of the phase diagram above ({title}): pick a quantity in the menu; hover a point "
                "for its weight decay, seed, last epoch and value; click a seed in the legend to hide or show it.")
     return InteractiveFigure({"data": traces, "layout": layout, "config": _CONFIG}, name, caption)

@@ -26,7 +26,7 @@ __all__ = ["NARROW_WIDTH_IN", "NC_PANELS", "PAGE_WIDTH_IN", "PHASE_PANELS", "cla
 # figure (save_figure's ``<stem>-narrow.png``), its panels stacked in one column NARROW_WIDTH_IN wide, so that the
 # same 8 pt text is about 11 px there too.
 PAGE_WIDTH_IN = 7.2
-NARROW_WIDTH_IN = 3.4
+NARROW_WIDTH_IN = 3.3  # one column of a two-column paper
 NARROW_PANEL_IN = 2.35  # the height of one stacked panel
 # TrueType (Type 42) fonts in the PDFs, not Type 3: selectable, searchable text that every viewer renders crisply
 PDF_FONTS = {"pdf.fonttype": 42, "ps.fonttype": 42}
@@ -200,7 +200,8 @@ def narrow_copy(fig: plt.Figure) -> plt.Figure:
 
     Panels are taken in the figure's reading order: along rows, or down columns when the figure says
     ``fig.ncpaper_reading_order = "columns"`` (one column per dataset). Hidden panels are dropped, figure
-    legends take one or two columns and the title breaks at its " · " separators. ``fig`` is not changed.
+    legends take one or two columns above the panels (a phone reads the key before four screens of panels), and
+    the title breaks at its " · " separators. ``fig`` is not changed.
     """
     copy = pickle.loads(pickle.dumps(fig))
     by_columns = getattr(fig, "ncpaper_reading_order", "rows") == "columns"
@@ -219,19 +220,30 @@ def narrow_copy(fig: plt.Figure) -> plt.Figure:
     for k, ax in enumerate(shown):
         ax.set_subplotspec(grid[k])
         ax.tick_params(labelleft=True, labelbottom=True)  # shared axes had hidden the inner panels' tick labels
-    for legend in list(copy.legends):  # figure legends again, in one or two columns
+    title = copy._suptitle
+    if title is not None:
+        title.set_text(title.get_text().replace(" · ", "\n"))
+    for k, legend in enumerate(list(copy.legends)):  # figure legends again, in one or two columns
         handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
         legend.remove()
-        copy.legend(handles=handles, labels=labels, loc="outside lower center", ncol=1 if len(labels) <= 4 else 2,
-                    frameon=False, fontsize=legend.get_texts()[0].get_fontsize())
-    if copy._suptitle is not None:
-        copy._suptitle.set_text(copy._suptitle.get_text().replace(" · ", "\n"))
+        heading = {}
+        if k == 0 and title is not None:  # above the panels the legend and the title would overlap: the title
+            heading = {"title": title.get_text(), "title_fontproperties": {"size": title.get_fontsize()}}  # heads it
+            title.remove()
+            copy._suptitle = None
+        copy.legend(handles=handles, labels=labels, loc="outside upper center", ncol=1 if len(labels) <= 4 else 2,
+                    frameon=False, fontsize=legend.get_texts()[0].get_fontsize(), **heading)  # before the panels
     extra = 0.25 * sum(len(legend.get_texts()) for legend in copy.legends) / 2 + 0.5
     copy.set_size_inches(NARROW_WIDTH_IN, NARROW_PANEL_IN * len(shown) + extra)
     return copy
 
 
-def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict, dpi: int = 150, narrow: bool = True
+# PNGs at print resolution: the narrow copy (NARROW_WIDTH_IN, text at least 8 pt) is also the figure at the width of
+# one column of a two-column paper
+DPI = 300
+
+
+def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict, dpi: int = DPI, narrow: bool = True
                 ) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` with the provenance embedded in their metadata, and (``narrow``) the
     phone-width copy ``<stem>-narrow.png`` (:func:`narrow_copy`), which the site shows on narrow screens.
@@ -254,6 +266,9 @@ def save_figure(fig: plt.Figure, stem: str | Path, provenance: dict, dpi: int = 
 
 
 def _save(fig: plt.Figure, png: Path, provenance: dict, dpi: int, pdf: Path | None = None) -> None:
+    # laid out and drawn from a copy: each layout starts from the positions the last one left, so that saving the
+    # same figure twice drifted by a pixel (at 300 dpi already the second time); a copy always starts afresh
+    fig = pickle.loads(pickle.dumps(fig))
     width_in = fig.get_figwidth()
     engine = fig.get_layout_engine()
     provenance = {**provenance, "smallest_text_pt": smallest_text_pt(fig), "width_in": width_in, "dpi": dpi}
@@ -269,6 +284,7 @@ def _save(fig: plt.Figure, png: Path, provenance: dict, dpi: int, pdf: Path | No
                                            "Producer": "ncpaper", "CreationDate": None})
     finally:
         fig.set_layout_engine(engine)
+        plt.close(fig)
 
 
 def pdf_fonts(pdf: str | Path) -> list[tuple[str, str]]:

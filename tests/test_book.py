@@ -290,7 +290,8 @@ def test_pages_for_readers_on_desktop_and_phone(served):
                 for figure in info["figures"]:
                     assert figure["anchor"] and len(figure["alt"]) > 40, (where, figure["id"])
                     png = figure["full"]
-                    assert png.endswith(".png") and figure["downloads"] == [png, png[:-4] + ".pdf"], (where, figure)
+                    assert png.endswith(".png") and figure["downloads"] == [png, png[:-4] + ".pdf",
+                                                                            png[:-4] + "-narrow.png"], (where, figure)
                     assert figure["images"] == 1 and figure["narrow"] == (width < 1000), (where, figure)
                     shown = urlparse(urljoin(address, png)).path if not figure["narrow"] else \
                         urlparse(figure["src"]).path  # the full-width figure, or its one-column copy
@@ -323,7 +324,7 @@ TAKEAWAY_CHECKS = """() => {
   const centres = [];
   let lineHeight = 0;
   for (const part of box.children) {
-    if (part.classList.contains('admonition-title')) continue;
+    if (part.classList.contains('admonition-title') || part.classList.contains('nc-key')) continue;  // its key
     lineHeight = Math.max(lineHeight, parseFloat(getComputedStyle(part).lineHeight) || 0);
     const range = document.createRange();
     range.selectNodeContents(part);
@@ -375,6 +376,122 @@ def test_every_page_opens_with_a_takeaway_and_prints_within_its_page(served):
                 (page_name, printed)
             page.close()
         browser.close()
+
+
+TABLE_CHECKS = """() => Array.from(document.querySelectorAll('article .nc-table-wrap')).map(wrap => {
+  const box = wrap.getBoundingClientRect();
+  const first = wrap.querySelector('tbody tr');
+  const cells = first ? Array.from(first.children) : [];
+  const heads = Array.from(wrap.querySelectorAll('thead th')).map(h => h.innerText.trim());
+  return {caption: (wrap.previousElementSibling || {}).innerText || '',
+          scrolls: wrap.scrollWidth > wrap.clientWidth + 1,
+          // the first two columns lie inside the box before any scrolling, and the first stays there when it scrolls
+          two_shown: cells.slice(0, 2).every(c => c.getBoundingClientRect().right <= box.right + 1),
+          pinned: cells.length ? getComputedStyle(cells[0]).position === 'sticky' : true,
+          heads: heads.slice(0, 2),
+          right: Array.from(wrap.querySelectorAll('td.nc-num')).every(c => getComputedStyle(c).textAlign === 'right')};
+})"""
+
+
+def test_tables_fit_a_phone_and_a_desktop(served):
+    """At 1400 px no table scrolls; at 390 px every table shows its first two columns (the row's key and, where the
+    table has one, its answer) without scrolling, and a table that scrolls keeps its first column pinned; numbers
+    are right-aligned. A figure page's criterion table has its answer second."""
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        for width in (1400, 390):
+            context = browser.new_context(viewport={"width": width, "height": 900})
+            for page_name in PAGES:
+                page = context.new_page()
+                page.goto(f"{url}/{page_name}.html", wait_until="networkidle")
+                for table in page.evaluate(TABLE_CHECKS):
+                    where = (width, page_name, table["caption"][:60])
+                    assert table["right"], where
+                    if width == 1400:
+                        assert not table["scrolls"], where
+                    else:
+                        assert table["two_shown"] and table["pinned"], where
+                    if "our criterion per weight decay" in table["caption"]:
+                        assert table["heads"] == ["λ", "our criterion"], where
+                page.close()
+            context.close()
+        browser.close()
+
+
+def test_pages_are_small_have_a_map_and_link_their_terms(served):
+    """No page's HTML over 300 KB (figures are files, not embedded); every figure, phase, layers page lists at least
+    four sections under "On this page"; the figure pages' terms link the Setting page's glossary, with a tooltip;
+    the site's figure PNGs are 300 dpi; every page has one h1."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    root, url = served
+    site = root / "_build" / "html"
+    for page_name in PAGES:
+        assert (site / f"{page_name}.html").stat().st_size < 300_000, page_name
+    for png in (site / "book" / "figures").glob("*.png"):
+        assert json.loads(Image.open(png).text["Description"])["dpi"] == 300, png.name
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        for page_name in PAGES:
+            page.goto(f"{url}/{page_name}.html", wait_until="networkidle")
+            assert page.locator("h1").count() == 1, page_name
+            if any(k in page_name for k in ("figure", "phase", "layers")):
+                assert page.locator("nav.page-toc a").count() >= 4, page_name
+        page.goto(f"{url}/book/executed/figure1_cifar10.html", wait_until="networkidle")
+        terms = page.evaluate("() => Array.from(document.querySelectorAll('article a[href*=\\'setting.html#term-\\']'))"
+                              ".map(a => [a.getAttribute('href'), a.title])")
+        assert {h.split("#")[1] for h, _ in terms} >= {"term-NC1", "term-NC4", "term-t"}, terms
+        assert all(len(title) > 20 and "\\" not in title for _, title in terms), terms  # no raw TeX in a tooltip
+        page.goto(f"{url}/book/executed/setting.html#term-NC1", wait_until="networkidle")
+        assert page.locator("#term-NC1").count() == 1
+        browser.close()
+
+
+def pdf_links(data: bytes) -> list[tuple[int, str, list[float]]]:
+    """(page number, address, rectangle) of every link annotation in a PDF as Chromium prints it."""
+    objects = {int(m.group(1)): m.group(2) for m in re.finditer(rb"(?m)^(\d+) 0 obj\s*(.*?)endobj", data, re.S)}
+    [pages] = [body for body in objects.values() if re.search(rb"/Type\s*/Pages\b", body)]
+    kids = [int(k) for k in re.findall(rb"(\d+) 0 R", re.search(rb"/Kids\s*\[(.*?)\]", pages, re.S).group(1))]
+    out = []
+    for number, page in enumerate(kids, start=1):
+        annots = re.search(rb"/Annots\s*\[(.*?)\]", objects[page], re.S)
+        for ref in re.findall(rb"(\d+) 0 R", annots.group(1) if annots else b""):
+            body = objects[int(ref)]
+            uri, rect = re.search(rb"/URI\s*\((.*?)\)", body, re.S), re.search(rb"/Rect\s*\[(.*?)\]", body, re.S)
+            if uri and rect:
+                out.append((number, uri.group(1).decode("latin-1"), [float(v) for v in rect.group(1).split()]))
+    return out
+
+
+def test_a_printed_figure_page_keeps_its_figure_with_its_caption_and_names_its_address(served):
+    """The full-scale Figure 1 page printed to A4 PDF in Chromium: the figure (its image's link) and its caption's
+    download links on the same page, no code toggle printed, and the last page links the page's own address."""
+    from playwright.sync_api import sync_playwright
+
+    _, url = served
+    name = "book/executed/figure1_cifar10_paper"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(f"{url}/{name}.html", wait_until="networkidle")
+        page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : 0")
+        page.emulate_media(media="print")
+        assert page.evaluate("() => Array.from(document.querySelectorAll('details, .cell_input'))"
+                             ".filter(e => e.getBoundingClientRect().height > 0).length") == 0  # no code toggles
+        pdf = page.pdf(format="A4")
+        browser.close()
+    links = pdf_links(pdf)
+    figures = [(n, uri) for n, uri, rect in links if uri.endswith("figures/figure1_cifar10_paper.png")
+               and rect[3] - rect[1] > 200]  # the image's link: as tall as the image
+    captions = [n for n, uri, _ in links if uri.endswith("figures/figure1_cifar10_paper.pdf")]  # "Download: PDF"
+    assert len(figures) == 1 and captions == [figures[0][0]], links
+    last = max(n for n, _, _ in links)
+    assert any(n == last and uri.endswith(f"{name}.html") for n, uri, _ in links), links  # "Printed from ..."
 
 
 def test_an_executed_notebook_shows_its_figure_and_prose_outside_the_book(built):

@@ -54,6 +54,26 @@ def test_a_script_end_tag_in_a_title_cannot_end_the_data():
     assert "</script><b>" not in figure.html() and "\\u003c/script\\u003e\\u003cb\\u003e" in figure.html()
 
 
+def test_error_panels_use_the_static_figures_log_axis_with_the_fit_threshold():
+    from ncpaper.analysis import TERMINAL_TRAIN_ERROR
+    from ncpaper.interactive import ERROR_FLOOR
+
+    table = run_table([0, 0.005, 0.01])
+    table.loc[table.index[-1], "train_error"] = 0.0  # an exact 0: drawn at the axis' "0", exact in the hover
+    figure = nc_figure(table, "Figure 2 · test", "figure2_test", rate_cuts=[50])
+    layout = figure.spec["layout"]
+    assert layout["yaxis"]["type"] == "log" and layout["yaxis"]["ticktext"][0] == "0"
+    [threshold] = [s for s in layout["shapes"] if s["yref"] == "y"]
+    assert threshold["y0"] == TERMINAL_TRAIN_ERROR and "fits" in threshold["label"]["text"]
+    last = figure.spec["data"][-1]
+    assert last["y"][-1] == ERROR_FLOOR and last["text"][-1] == 0.0 and "%{text" in last["hovertemplate"]
+    buttons = {b["label"]: b["args"] for b in layout["updatemenus"][0]["buttons"]}
+    assert len(buttons["NC1"][1]["shapes"]) == 1 and buttons["NC1"][1]["yaxis.tickvals"] is None  # the cut only
+    assert len(buttons["Training error"][1]["shapes"]) == 2
+    phase = phase_figure(run_table([0, 0.001, 0.01]).query("epoch == 100"), "Phase · test", "phase_test")
+    assert phase.spec["layout"]["yaxis"]["type"] == "log"  # the phase diagrams' training error too
+
+
 def test_phase_figure_keeps_lambda_zero_apart_and_says_so_on_hover():
     last = run_table([0, 0.001, 0.01, 0.1]).query("epoch == 100")
     figure = phase_figure(last, "Phase diagram · test", "phase_test")
@@ -82,6 +102,12 @@ def served_page(tmp_path_factory):
     (root / "index.html").write_text('<!doctype html><html><head><meta charset="utf-8">'
                                      '<script defer src="plotly.min.js"></script></head><body style="width:760px">'
                                      f"{figure.html()}{phase.html()}</body></html>")
+    # a phone's page: the figure between two screens of text, so that the page can scroll either way
+    text = "<p>" + "A paragraph of the page around the figure. " * 60 + "</p>"
+    (root / "phone.html").write_text('<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" '
+                                     'content="width=device-width, initial-scale=1"><script defer '
+                                     f'src="plotly.min.js"></script></head><body>{text}{figure.html()}{text}'
+                                     "</body></html>")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -146,4 +172,41 @@ def test_hover_legend_and_menu_in_chromium(served_page):
         text = _hover_text(page, "nc-interactive-phase_test", 1, 0)  # trace 1: seed 0's points, lambda = 0 first
         assert "λ = 0 (no weight decay)" in text and "epoch 100" in text, text
         assert errors == []
+        browser.close()
+
+
+def test_on_a_phone_a_swipe_over_the_chart_scrolls_the_page_and_a_legend_tap_hides_a_lambda(served_page):
+    """At 390 px with touch: no mode bar over the menu; a vertical swipe that starts on the chart scrolls the page
+    (Plotly's drag used to keep it); tapping a legend entry hides that weight decay."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 390, "height": 800}, has_touch=True, is_mobile=True)
+        page = context.new_page()
+        page.goto(served_page.replace("index.html", "phone.html"), wait_until="networkidle")
+        page.wait_for_selector(".main-svg")
+        plot = "nc-interactive-figure2_test"
+        assert page.locator(f"#{plot} .modebar-btn").count() == 0  # no mode bar (it covered the menu)
+        page.evaluate(f"() => window.scrollTo({{top: document.getElementById('{plot}').getBoundingClientRect().top"
+                      " + scrollY - 150, behavior: 'instant'})")
+        box = page.evaluate(f"() => {{ const r = document.querySelector('#{plot} .nsewdrag').getBoundingClientRect();"
+                            " return {x: r.x + r.width / 2, y: r.y + r.height * 0.8}; }")
+        assert page.evaluate(f"() => !!document.elementFromPoint({box['x']}, {box['y']}).closest('#{plot}')")
+        before = page.evaluate("scrollY")
+        cdp = context.new_cdp_session(page)  # a finger moving up 250 px over the chart
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [box]})
+        for k in range(1, 11):
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                                  "touchPoints": [{"x": box["x"], "y": box["y"] - 25 * k}]})
+            page.wait_for_timeout(16)
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        page.wait_for_timeout(500)
+        assert page.evaluate("scrollY") - before > 150, (before, page.evaluate("scrollY"))
+        entry = page.locator(f"#{plot} .legend .traces").nth(1)
+        entry.scroll_into_view_if_needed()
+        entry.tap()
+        visibility = f"() => document.getElementById('{plot}').data.map(t => t.visible)"
+        page.wait_for_function(f"() => ({visibility})().includes('legendonly')", timeout=5000)
+        assert page.evaluate(visibility) == [None, None, "legendonly", "legendonly", None, None]  # lambda = 0.005
         browser.close()

@@ -263,3 +263,87 @@ def test_the_phase_takeaway_gives_both_edges_and_the_lambdas_between():
     page = PhasePage("smoke", "mnist", [_Run(epochs=150)])
     page.__dict__["last"] = last[last["weight_decay"] != 1e-2]
     assert "only λ = 0.001 does both" in page.headline()  # one λ: the verb agrees
+
+
+def test_numbers_are_set_like_a_journal():
+    from ncpaper.pages.display import count_text, number_text
+
+    assert number_text(2610709943119281.0) == "2.61×10¹⁵"  # no 16-digit integers
+    assert number_text(0.0009886) == "9.89×10⁻⁴" and number_text(5.01e-07) == "5.01×10⁻⁷"  # one format below 1e-3
+    assert number_text(-3.503e-16) == "0" and number_text(2e-14) == "0"  # rounding noise
+    assert number_text(0.0652) == "0.0652" and number_text(0.5) == "0.5" and number_text(-0.0275) == "−0.0275"
+    assert number_text(1519.2) == "1519" and number_text(12345.6) == "12346" and number_text(1e5) == "1×10⁵"
+    assert number_text(float("inf")) == "∞" and number_text(float("nan")) == "–"
+    assert count_text(80) == "80" and count_text(1234) == "1234" and count_text(54210) == "54,210"
+
+
+def test_tables_put_the_answer_first_right_align_numbers_and_mark_rows():
+    frame = pd.DataFrame({"weight_decay": [0.0, 0.01], "nc1": [0.5, 1e-7], "fits": [True, False],
+                          "runs": [3, 12345], "our criterion": ["reference", "met"]})
+    text = table_html(frame, "Table: t", first=["our criterion"], marked=(frame["nc1"] < 1e-3, "unresolved <here>"))
+    heads = re.findall(r'<th [^>]*class="col_heading[^"]*"[^>]*>(.*?)</th>', text)
+    assert heads == ["λ", "our criterion", "NC1", "fits", "runs"]  # the answer next to the row's label
+    cells = re.findall(r'<td [^>]*class="([^"]*)"[^>]*>(.*?)</td>', text)
+    assert [c for _, c in cells] == ["0", "reference", "0.5", "yes", "3", "0.01 †", "met", "1×10⁻⁷", "no", "12,345"]
+    assert ["nc-num" in k for k, _ in cells[:5]] == [True, False, True, False, True]  # numbers right-aligned
+    assert all("nc-marked" in k for k, _ in cells[5:]) and not any("nc-marked" in k for k, _ in cells[:5])
+    assert 'class="col_heading level0 col2 nc-num"' in text
+    assert text.endswith('<p class="nc-table-legend">† unresolved &lt;here&gt;</p></div>')  # escaped, after the table
+    assert "nc-table-legend" not in table_html(frame, "T", marked=(frame["nc1"] > 1, "never"))  # no row, no legend
+    ranged = table_html(pd.DataFrame({"λ": ["0"], "NC1 end": ["0.0846 (0.0755–0.0936)"]}), "T")
+    assert '>0.0846<span class="nc-range"> (0.0755–0.0936)</span></td>' in ranged  # the mean, its range below
+    assert "white-space: normal" not in ranged  # a range is not prose
+    with pytest.raises(KeyError, match="no column"):
+        table_html(frame, "T", first=["answer"])
+    wide = pd.DataFrame({"data": ["MNIST"], "weight_decay": [0.0], **{f"q{k}": [0.5] for k in range(10)},
+                         "answer": ["yes"]})
+    for part in table_html(wide, "Table: wide", first=["answer"]).split("</table>")[:-1]:  # every part leads with it
+        assert re.findall(r'class="col_heading[^"]*"[^>]*>(.*?)</th>', part)[:2] == ["data", "answer"]
+
+
+def test_the_glossary_states_the_thresholds_the_code_uses():
+    """The Setting page's glossary (static Markdown, which the other pages and the landing answer link) says the
+    same 0.2% and 5 times as the verdicts' constants."""
+    from ncpaper.pages.verdicts import COLLAPSE_FACTOR, TERMINAL_TRAIN_ERROR
+
+    source = (Path(__file__).resolve().parents[1] / "notebooks" / "setting.md").read_text()
+    glossary = source[source.index("```{glossary}"):]
+    glossary = glossary[:glossary.index("\n```\n")]
+    for term in ("NC1", "NC2", "NC3", "NC4", "λ", "ε", "fit term", "fits its training set", "t*", "necessary"):
+        assert f"\n{term}\n  " in glossary, term
+    assert f"at most {TERMINAL_TRAIN_ERROR:.1%}" in glossary and f"at least {COLLAPSE_FACTOR:g} times" in glossary
+
+
+def _extension(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_site_links_each_figure_file_instead_of_embedding_it():
+    ext = _extension("ncpaper_figures")
+    block = ('<figure class="nc-figure" id="f"><a href="../figures/f_smoke.png" title="the full-size PNG">'
+             '<img src="data:image/png;base64,iVBORw0KGgo=" alt="a figure"></a></figure>')
+    linked = ext.with_linked_images(block, lambda href: href == "../figures/f_smoke.png")
+    assert "data:image" not in linked and '<img src="../figures/f_smoke.png" alt="a figure">' in linked
+    assert ext.with_linked_images(block, lambda href: False) == block  # no file: the image stays embedded
+
+
+def test_glossary_tooltips_drop_the_maths_and_print_lines_name_the_page():
+    from docutils import nodes
+
+    ext = _extension("ncpaper_sphinx")
+    definition = nodes.definition("", nodes.paragraph("", "", nodes.Text("Within-class spread, "),
+                                                      nodes.math("", "\\operatorname{Tr}(\\Sigma_W)"),
+                                                      nodes.Text("; 0 when collapsed.")))
+    assert ext.plain_definition(definition) == "Within-class spread; 0 when collapsed."
+    stamp = {"version": "0.3.0", "commit": "abc <d>", "date": "2026-12-08"}
+    line = ext.print_line_html(stamp, "book/executed/figure1_cifar10.html")
+    assert 'href="figure1_cifar10.html"' in line and "book/executed/figure1_cifar10.html (local build)" in line
+    assert "abc &lt;d&gt;" in line
+    assert "https://x.org/book/executed/figure1_cifar10.html</a>" in ext.print_line_html(
+        stamp, "book/executed/figure1_cifar10.html", "https://x.org/")

@@ -5,6 +5,8 @@
   ``nc-narrow``, loaded lazily); the stylesheet shows it instead of the full-width image (``nc-wide``) when the
   figure's box is narrower than ``NARROW_BELOW_PX`` (a CSS container query), where the full-width image's 8 pt
   text would be drawn smaller than 10 px. Both link to the full-size PNG.
+- **Figures as files.** The notebooks hold each figure's PNG itself (so that Jupyter shows it); the site links the
+  file instead (``with_linked_images``), so that no page's HTML carries an image.
 - **Interactive figures** (``ncpaper.interactive``): plotly.min.js, from the installed ``plotly`` package, is
   copied once into the site's ``_static/`` and loaded (deferred) by the pages that hold an interactive figure, and
   by no other; nothing is fetched from another host.
@@ -47,6 +49,20 @@ def with_narrow_copies(body: str, exists) -> str:
     return FIGURE.sub(figure, body)
 
 
+EMBEDDED = re.compile(r'(<a href="((?:\.\./)*figures/[\w.-]+\.png)"[^>]*><img )src="data:image/png;base64,[^"]*"')
+
+
+def with_linked_images(body: str, exists) -> str:
+    """``body`` with each figure's embedded PNG (``ncpaper.pages.FigureFiles.html`` puts the image itself in the
+    notebook, for Jupyter) replaced by a link to its file, which the site serves (``exists(href)``: the file is
+    there), so that a page stays small."""
+    def linked(match: re.Match) -> str:
+        start, href = match.group(1), match.group(2)
+        return f'{start}src="{href}"' if exists(href) else match.group(0)
+
+    return EMBEDDED.sub(linked, body)
+
+
 def _page_context(app, pagename, templatename, context, doctree):
     body = context.get("body") or ""
     if 'class="nc-figure"' in body:
@@ -55,7 +71,7 @@ def _page_context(app, pagename, templatename, context, doctree):
         def exists(href: str) -> bool:
             return (page_dir / href).resolve().is_file()
 
-        context["body"] = with_narrow_copies(body, exists)
+        context["body"] = with_narrow_copies(with_linked_images(body, exists), exists)
     if 'class="nc-interactive"' in body:
         if app.env.ncpaper_plotly is None:
             LOGGER.warning(f"ncpaper: {pagename} has an interactive figure but plotly is not installed "

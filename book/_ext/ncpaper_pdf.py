@@ -153,6 +153,9 @@ def table_nodes(html: str) -> list[nodes.Node]:
             group.append(nodes.thead("", *_rows(head, width)))
         group.append(nodes.tbody("", *_rows(body, width)))
         out.append(nodes.container("", node, classes=["nctablewide" if width >= WIDE else "nctable"]))
+        legend = block.find("p", class_="nc-table-legend") if block else None
+        if legend is not None:  # what the marked rows' "†" says
+            out.append(_paragraph(legend))
     return out
 
 
@@ -193,7 +196,8 @@ def _builder_inited(app):
 
 
 def _config_inited(app, config):
-    config.templates_path.append(str(TEMPLATES))
+    if str(TEMPLATES) not in config.templates_path:
+        config.templates_path.append(str(TEMPLATES))
     elements = dict(config.latex_elements or {})
     elements["preamble"] = elements.get("preamble", "") + LATEX_PREAMBLE
     elements.setdefault("extraclassoptions", "openany,oneside")  # chapters start on the next page, not a blank one

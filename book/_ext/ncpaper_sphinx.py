@@ -8,6 +8,9 @@
   (``SOURCE_DATE_EPOCH`` when set, so that a rebuild can reproduce it), the licences, and links the source
   archive of that commit (``ncpaper.citing.source_archive``: ``git archive``, no data, no results), which the
   build writes to the site's root with a ``.sha256`` file beside it.
+- A printed page ends with its address and the commit (``print_line_html``, placed by ``templates/layout.html``,
+  which also drops the theme's print-only second h1 and table of contents).
+- A link to a glossary term (the Setting page's glossary, ``{term}`` roles) shows its definition when hovered.
 - The figures the pages saved in ``book/figures/`` are copied to the same path in the site, so each has
   a fixed address next to the pages that link to it.
 """
@@ -19,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 STATIC = Path(__file__).parent / "static"
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -82,10 +86,26 @@ def _builder_inited(app):
     app.env.ncpaper_stamp = build_stamp()
 
 
+def print_line_html(stamp: dict, page: str, base_url: str = "") -> str:
+    """The line a printed page ends with: its address (``base_url`` + ``page``, or the page's path in a local
+    build; ncpaper.js replaces it by the address the page was read at, when that is a web address), the commit and
+    the build date."""
+    import html
+
+    where = (f"{base_url.rstrip('/')}/{page}" if base_url else f"{page} (local build)")
+    href = page.rpartition("/")[2]  # the page itself, relative to it: a printed PDF links its address
+    return (f'<p class="nc-print-line">Printed from <a class="nc-page-url" href="{html.escape(href)}">'
+            f'{html.escape(where)}</a> · ncpaper '
+            f'{html.escape(stamp["version"])} · commit <code>{html.escape(stamp["commit"])}</code> · built '
+            f'{stamp["date"]}</p>')
+
+
 def _footer(app, pagename, templatename, context, doctree):
     archive = _archive() if app.builder.format == "html" else None
     href = context["pathto"](archive.name, 1) if archive is not None else None
     context["theme_extra_footer"] = footer_html(app.env.ncpaper_stamp, archive, href)
+    context["ncpaper_print_line"] = print_line_html(app.env.ncpaper_stamp, f"{pagename}.html",
+                                                    getattr(app.config, "html_baseurl", "") or "")
 
 
 def _write_archive(app, exception):
@@ -111,6 +131,68 @@ def _copy_figures(app, exception):
                 shutil.copy2(path, target / path.name)
 
 
+def plain_definition(definition) -> str:
+    """A glossary definition as a one-line tooltip: its words without the maths (a tooltip cannot typeset it)."""
+    import re
+
+    from docutils import nodes
+
+    words = [t.astext() for t in definition.findall(nodes.Text)
+             if not any(isinstance(a, nodes.math) for a in _ancestors(t))]
+    text = " ".join("".join(words).split())
+    text = re.sub(r"\(\s*\)|,\s*(?=[;.)])|\s+(?=[,;.])", "", text)
+    return re.sub(r"\s+", " ", text).strip(" ,;")
+
+
+def _ancestors(node):
+    while node.parent is not None:
+        node = node.parent
+        yield node
+
+
+def _collect_glossary(app, doctree):
+    """Each glossary term's id and definition (as a tooltip) on the page that defines it."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    found = {}
+    for glossary in doctree.findall(addnodes.glossary):
+        for item in glossary.findall(nodes.definition_list_item):
+            definition = next(iter(item.findall(nodes.definition)), None)
+            text = plain_definition(definition) if definition is not None else ""
+            for term in item.findall(nodes.term):
+                for ident in term["ids"]:
+                    found[ident] = text
+    if found:
+        app.env.ncpaper_glossary = {**getattr(app.env, "ncpaper_glossary", {}), app.env.docname: found}
+
+
+def _purge_glossary(app, env, docname):
+    getattr(env, "ncpaper_glossary", {}).pop(docname, None)
+
+
+def _merge_glossary(app, env, docnames, other):
+    env.ncpaper_glossary = {**getattr(env, "ncpaper_glossary", {}), **getattr(other, "ncpaper_glossary", {})}
+
+
+def _term_tooltips(app, doctree, docname):
+    """Every link to a glossary term shows the term's definition when hovered (its ``title``)."""
+    from docutils import nodes
+
+    definitions = {k: v for terms in getattr(app.env, "ncpaper_glossary", {}).values() for k, v in terms.items()}
+    for reference in doctree.findall(nodes.reference):
+        target = reference.get("refuri", "") or ("#" + reference.get("refid", ""))
+        fragment = target.rpartition("#")[2]
+        if fragment in definitions and any("std-term" in c.get("classes", []) for c in reference.children
+                                           if isinstance(c, nodes.Element)):
+            reference["reftitle"] = definitions[fragment]
+
+
+def _templates(app, config):
+    if str(TEMPLATES) not in config.templates_path:
+        config.templates_path.append(str(TEMPLATES))
+
+
 def setup(app):
     app.connect("html-page-context", _dedupe_scripts, priority=999)  # after every script is added
     app.connect("builder-inited", _builder_inited)
@@ -118,5 +200,11 @@ def setup(app):
     app.connect("build-finished", _write_archive)
     app.connect("builder-inited", lambda app: app.config.html_static_path.append(str(STATIC)))
     app.add_css_file("ncpaper.css")
+    app.add_js_file("ncpaper.js", loading_method="defer")
+    app.connect("config-inited", _templates)
+    app.connect("doctree-read", _collect_glossary)
+    app.connect("env-purge-doc", _purge_glossary)
+    app.connect("env-merge-info", _merge_glossary)
+    app.connect("doctree-resolved", _term_tooltips)
     app.connect("build-finished", _copy_figures)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

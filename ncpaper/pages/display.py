@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import math
 import numbers
 import re
 
+import numpy as np
 import pandas as pd
 
 COLUMN_LABELS = {
@@ -32,13 +34,46 @@ def readable_columns(columns) -> list[str]:
     return [COLUMN_LABELS.get(c, c) for c in columns]
 
 
+# Below this, a float is rounding noise (a difference of float64 numbers near 1 is about 1e-16): it prints as 0
+NOISE = 1e-13
+SCIENTIFIC_BELOW, SCIENTIFIC_ABOVE = 1e-3, 1e5
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def number_text(value: float, digits: int = 3, noise: float = NOISE) -> str:
+    """A float as a journal sets it: ``digits`` significant digits (whole when it has more digits before the
+    point), ``m×10ᵉ`` below 1e-3 or from 1e5 on, rounding noise (``|value| < noise``) as 0, infinities as ∞."""
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    if abs(value) < noise:
+        return "0"
+    if abs(value) < SCIENTIFIC_BELOW or abs(value) >= SCIENTIFIC_ABOVE:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+        return f"{mantissa}×10{str(int(exponent)).translate(_SUPERSCRIPT)}".replace("-", "−")
+    if abs(value) >= 10 ** digits:
+        return f"{value:.0f}".replace("-", "−")
+    return f"{value:.{digits}g}".replace("-", "−")
+
+
+def count_text(value: int) -> str:
+    """A count (an integer): with thousands separators from 10,000 on (1234 stays 1234, as a journal sets it)."""
+    return f"{value:,}" if abs(value) >= 10_000 else str(value)
+
+
 def _significant(digits: int):
-    """A cell formatter: floats to ``digits`` significant digits (0.0001234, 1.2e-07, 0.5; 12,345 whole when
-    it has more digits before the point), anything else as it is."""
+    """A cell formatter: floats by :func:`number_text`, integers by :func:`count_text`, booleans as yes/no,
+    anything else as it is."""
     def shown(value):
-        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # NumPy floats too
-            value = float(value)
-            return f"{value:,.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+        if isinstance(value, (bool, np.bool_)):
+            return "yes" if value else "no"
+        if isinstance(value, numbers.Integral):
+            return count_text(int(value))
+        if isinstance(value, numbers.Real):  # NumPy floats too
+            return number_text(value, digits)
         return value
     return shown
 
@@ -76,47 +111,98 @@ def column_parts(frame: pd.DataFrame, index: bool = False, max_columns: int = MA
     return [lead + rest[k:k + size] for k in range(0, len(rest), size)]
 
 
-def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 4,
-               index: bool = False, max_columns: int = MAX_COLUMNS) -> str:
+def table_html(frame: pd.DataFrame, caption: str, formats: dict | None = None, precision: int = 3,
+               index: bool = False, max_columns: int = MAX_COLUMNS, first: list | tuple = (),
+               marked: tuple | None = None) -> str:
     """A table as HTML: readable headers, a caption, padded cells, scrolling inside its box when wide.
 
     The caption is a paragraph above the scrolling box (``nc-table-caption``, which labels the table through
     ``aria-labelledby``), so that a wide table never cuts it off. A table of more than ``max_columns`` columns is
     split into parts (:func:`column_parts`), each with the caption and "part k of n". Floats show ``precision``
-    significant digits unless ``formats`` (column -> format string or function) says otherwise; missing values
-    show as a dash. ``index``: show the frame's index too, as its first column."""
+    significant digits (:func:`number_text`) and integers as counts unless ``formats`` (column -> format string or
+    function) says otherwise; missing values show as a dash; numeric columns are right-aligned (``nc-num``).
+    ``index``: show the frame's index too, as its first column. ``first``: columns (an answer) moved to just after
+    the row's label (the first column), so that a phone shows them beside it. ``marked``: (a boolean row mask, its
+    legend): those rows carry "†" after their first cell and the class ``nc-marked``, the legend follows the
+    table."""
     if index:  # the index becomes the first column: headed like the others, left-aligned, repeated in every part
         name = frame.index.name if frame.index.name is not None else ""
         if pd.api.types.is_float_dtype(frame.index):
             formats = {name: "{:g}", **(formats or {})}
         frame, index = frame.reset_index(names=name), False
+    if first:
+        missing = [c for c in first if c not in frame.columns]
+        if missing:
+            raise KeyError(f"first: no column {missing} in the table")
+        lead = [c for c in frame.columns[:1] if c not in first]
+        frame = frame[lead + list(first) + [c for c in frame.columns if c not in lead and c not in first]]
+    if marked is not None:
+        mask, legend = marked
+        mask = pd.Series(mask, index=frame.index).fillna(False).astype(bool)
+        if not mask.any():
+            marked = None
     parts = column_parts(frame, max_columns=max_columns)
     if len(parts) > 1:
         return "".join(table_html(frame[columns], f"{caption} (part {k} of {len(parts)})", formats, precision,
-                                  max_columns=len(columns))
+                                  max_columns=len(columns), marked=marked)
                        for k, columns in enumerate(parts, start=1))
     shown = frame.rename(columns=dict(zip(frame.columns, readable_columns(frame.columns), strict=True)))
     formats = {COLUMN_LABELS.get(k, k): v for k, v in (formats or {}).items()}
     default = _significant(precision)
     label = "nc-caption-" + hashlib.sha256(caption.encode()).hexdigest()[:10]  # unique on a page: one caption each
-    styler = shown.style.format({column: _escaped(formats.get(column, default)) for column in shown.columns},
-                                na_rep="–")
+    numeric = [k for k, c in enumerate(shown.columns) if pd.api.types.is_numeric_dtype(shown[c])
+               and not pd.api.types.is_bool_dtype(shown[c])]
+    cells = {column: _escaped(formats.get(column, default)) for column in shown.columns}
+    if marked is not None:  # the first cell of each marked row says so, the legend below says why
+        head, shown = shown.columns[0], shown.copy()
+        text = [cells[head](v) if not _missing(v) else "–" for v in shown[head]]
+        shown[head] = [t + " †" if m else t for t, m in zip(text, mask.tolist(), strict=True)]
+        cells[head] = str  # (escaped above)
+    styler = shown.style.format(cells, na_rep="–")
     styler = styler.format_index(escape="html", axis=1)  # column names may come from data too
     styler = styler.set_table_attributes(f'class="nc-table" aria-labelledby="{label}"')
-    prose = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])  # cells that are text or ranges
-             and shown[c].astype(str).str.len().max() > LONG_CELL]  # (a float's repr is long, but it is one number)
+    classes = pd.DataFrame("", index=shown.index, columns=shown.columns)
+    for k in numeric:
+        classes.iloc[:, k] = "nc-num"
+    if marked is not None:
+        classes.loc[mask.to_numpy()] = classes.loc[mask.to_numpy()] + " nc-marked"
+    styler = styler.set_td_classes(classes)
+    prose = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])  # cells that are text
+             and shown[c].astype(str).str.len().max() > LONG_CELL  # (a float's repr is long, but it is one number)
+             and not shown[c].astype(str).str.match(RANGE).all()]  # (a range goes on its own line)
     if prose:  # these wrap; numbers and short labels stay on one line (the stylesheet's default)
         styler = styler.set_properties(subset=prose, **{"white-space": "normal", "min-width": "8em"})
     styler = styler.hide(axis="index")
+    body = styler.to_html()
+    for k in numeric:  # their headers are right-aligned too
+        body = body.replace(f'class="col_heading level0 col{k}"', f'class="col_heading level0 col{k} nc-num"', 1)
+    after = (f'<p class="nc-table-legend">† {html.escape(legend)}</p>' if marked is not None else "")
     return (f'<div class="nc-table-block"><p class="nc-table-caption" id="{label}">{html.escape(caption)}</p>'
-            f'<div class="nc-table-wrap">{styler.to_html()}</div></div>')
+            f'<div class="nc-table-wrap">{body}</div>{after}</div>')
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# A cell "mean (min–max)" (``ncpaper.analysis.spread`` and the like): the mean, its range on a second, smaller line
+RANGE = re.compile(r"^([^\s()]+) (\([^\s()]+[–-][^\s()]+(?:, [^()]*)?\))$")
 
 
 def _escaped(formatter):
     """``formatter`` (a format string or a function) whose output is HTML-escaped: a cell is always text, never
-    markup (a run's ``device`` could be ``<img onerror=...>``)."""
+    markup (a run's ``device`` could be ``<img onerror=...>``). A "mean (min–max)" cell shows its range on a
+    second line (``nc-range``), from the escaped text."""
     shown = formatter.format if isinstance(formatter, str) else formatter
-    return lambda value: html.escape(str(shown(value)))
+
+    def cell(value):
+        text = html.escape(str(shown(value)))
+        found = RANGE.match(text)
+        return f'{found.group(1)}<span class="nc-range"> {found.group(2)}</span>' if found else text
+    return cell
 
 
 def table(frame: pd.DataFrame, caption: str, **options) -> _HTML:

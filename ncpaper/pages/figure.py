@@ -145,11 +145,23 @@ class FigurePage:
         """What the page shows under its figure, in order: our criterion (a sentence and its table), what to take
         from the figure, every measure at the last epoch, after interpolation (a sentence and its table), Lemma 2's
         balance (a sentence and its table). The numbers sit in the tables; the sentences say what they mean."""
+        return self.criterion_results() + self.after_results() + self.balance_results()
+
+    def criterion_results(self) -> list:
+        """The page's section on our criterion: its sentence and table, what to take from the figure, every
+        measure at the last epoch (nothing while the runs are missing)."""
         if self.missing:
             return []
         return [verdict_sentence(self.last, self.nc3_column), self.criterion_table(), self.takeaway(),
-                self.end_table(), after_interpolation_markdown(self.table), self.after_table(),
-                self.balance_markdown(), self.balance_table()]
+                self.end_table()]
+
+    def after_results(self) -> list:
+        """The section after interpolation: a sentence and its table."""
+        return [] if self.missing else [after_interpolation_markdown(self.table), self.after_table()]
+
+    def balance_results(self) -> list:
+        """The section on Lemma 2's balance: a sentence and its table."""
+        return [] if self.missing else [self.balance_markdown(), self.balance_table()]
 
     def criterion_table(self):
         """Per lambda at the last epoch: training error, NC1 and NC3 and how many times lower than without weight
@@ -162,9 +174,8 @@ class FigurePage:
                    f"many times lower); NC1 fall, last ¼: NC1 at 75% of the epochs over NC1 at the end (above 1: "
                    f"still falling); fits, < {COLLAPSE_FACTOR:g}x: fits the training set but collapses less than "
                    f"{COLLAPSE_FACTOR:g}-fold; no fit: training error over {TERMINAL_TRAIN_ERROR:.1%}.")
-        numbers = [c for c in frame.columns if c not in ("λ", "training error", "our criterion")]
-        return _HTML(table_html(frame, caption, formats={"training error": percent, "λ": "{:g}"}
-                                | {c: "{:.3g}" for c in numbers}))
+        return _HTML(table_html(frame, caption, formats={"training error": percent, "λ": "{:g}"},
+                                first=["our criterion"]))
 
     def after_table(self):
         """t*, and NC1 and NC3 after it, per lambda (:func:`after_interpolation_table`)."""

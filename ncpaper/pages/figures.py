@@ -64,12 +64,16 @@ class FigureFiles:
         png = self.png.read_bytes()
         src = "data:image/png;base64," + base64.b64encode(png).decode()
         href = f"{figures}/{self.stem}"
+        from ..plots import NARROW_WIDTH_IN, narrow_path
+
+        column = (f' · <a href="{href}-narrow.png" download>PNG, one column ({NARROW_WIDTH_IN:g} in)</a>'
+                  if narrow_path(self.png.with_suffix("")).is_file() else "")  # the panels stacked, for a paper
         text = (f'<figure class="nc-figure" id="{self.anchor}">'
                 f'<a href="{href}.png" title="the full-size PNG"><img src="{src}" alt="{html.escape(self.alt)}"></a>'
                 f'<figcaption><p>{inline_html(self.caption)} <a class="headerlink" href="#{self.anchor}" '
                 f'title="link to this figure">#</a></p>'
                 f'<p class="nc-downloads">Download: <a href="{href}.png" download>PNG</a> · '
-                f'<a href="{href}.pdf" download>PDF</a></p>'
+                f'<a href="{href}.pdf" download>PDF</a>{column}</p>'
                 f'<p class="nc-cite"><strong>How to cite this figure:</strong> {inline_html(self.cite)}</p>'
                 f'<p class="nc-generated">{inline_html(self.generated_by)}</p></figcaption></figure>')
         return _HTML(text, png)
