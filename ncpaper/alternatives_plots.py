@@ -36,7 +36,7 @@ def alternatives_figure(rows: dict, measures: dict, n_train: dict) -> plt.Figure
     colour): seed mean, min-max bars, log y. NC4 is floored at one image (drawn at 1/n or the 0.2% floor)."""
     with plt.rc_context(PAGE_FONTS):
         fig, axes = plt.subplots(len(rows), len(measures), squeeze=False, constrained_layout=True,
-                                 figsize=(PAGE_WIDTH_IN, 2.3 * len(rows) + 0.5))
+                                 figsize=(PAGE_WIDTH_IN, 2.8 * len(rows) + 0.5))
         for r, (dataset, comparisons) in enumerate(rows.items()):
             shown = [c for c in comparisons if c.arm != "small_lambda"]
             for k, (column, title) in enumerate(measures.items()):
@@ -53,7 +53,7 @@ def alternatives_figure(rows: dict, measures: dict, n_train: dict) -> plt.Figure
                                     color=lambda_colour(v.best_lambda), markersize=4, capsize=2, linewidth=0.9)
                 ax.set_yscale("log")
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-                ax.set_xticks(range(len(shown)), [_short(c) for c in shown], rotation=90, fontsize=6)
+                ax.set_xticks(range(len(shown)), [_short(c) for c in shown], rotation=90, fontsize=7.5)
                 ax.grid(True, axis="y", which="major", alpha=0.3)
                 if r == 0:
                     ax.set_title(title)
@@ -99,7 +99,7 @@ def collapse_time_figure(times: pd.DataFrame, small: dict, names: dict) -> plt.F
         for axis in (left.xaxis, left.yaxis):
             axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         left.grid(True, which="major", alpha=0.3)
-        left.legend(frameon=False, fontsize=7)
+        left.legend(frameon=False, fontsize=7.5)
         for dataset, frame in small.items():
             colour, marker = colours.get(dataset, "grey"), markers.get(dataset, "o")
             positive = frame[frame.index > 0]
@@ -114,5 +114,5 @@ def collapse_time_figure(times: pd.DataFrame, small: dict, names: dict) -> plt.F
         right.set(xscale="log", yscale="log", xlabel="λ", ylabel="NC1 at the last epoch")
         right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         right.grid(True, which="major", alpha=0.3)
-        right.legend(frameon=False, fontsize=7, title="dashed: λ = 0", title_fontsize=7)
+        right.legend(frameon=False, fontsize=7.5, title="dashed: λ = 0", title_fontsize=7.5)
     return fig

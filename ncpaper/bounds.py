@@ -23,7 +23,8 @@ What holds (proved on the book's page "Beyond the paper: collapse bounded by the
    Computed by the stable route Phi = ||Sigma_W^{1/2} A^{1/2} (M A^{1/2})^+||_F^2 (:func:`whitened_lower_bound`),
    which divides by cond(M A^{1/2}) = sqrt(cond(M A M^T)); the outputs-only formula pseudo-inverts
    P (R^{-1} - I) P = M A M^T / C and is ill-posed near f = 0 (R -> I: it divides a vanishing Sigma_f by a
-   vanishing R^{-1} - I). Settled rows record that formula (metrics versions 5-6, :data:`SETTLED_COLUMNS`).
+   vanishing R^{-1} - I). Settled rows record both (metrics version 7; versions 5-6 recorded that formula only,
+   :data:`SETTLED_COLUMNS`).
 3. NC1(h) <= C^2 (lambda + s_max(Sigma_W))^2 Tr(G^+ P R^{-1} Sigma_f R^{-1} P G^+).
 4. Sigma_f = 0 gives NC1(h) = 0 and NC4 = the training error, with h != mu_c still possible
    (:func:`spread_outside_means_critical_point`).
@@ -84,14 +85,16 @@ BOUND_KEYS = (
 
 # The columns a settled row records (:func:`settled_columns`): BOUND_KEYS of the ridge readout on the settled
 # network's features, renamed where the row already has a column of that name for the network's own readout.
-# Metrics versions 5-6 record Phi by the outputs-only formula (nc1_lower) with the condition number of what it
-# pseudo-inverts, cond(M A M^T) (nc1_lower_condition): the keys *_pinv, so that cached runs keep their meaning. The
-# stable route needs Sigma_W and M, which a row (scalars only) does not keep: recording it needs a new version.
-SETTLED_COLUMNS = {"nc1_lower_pinv": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
+# Metrics version 7 records Phi by the stable route (nc1_lower) with its condition number cond(M A^{1/2})
+# (nc1_lower_condition), and the outputs-only formula beside it (nc1_lower_pinv, nc1_lower_pinv_condition). Versions
+# 5-6 recorded the outputs formula as nc1_lower with cond(M A M^T) as nc1_lower_condition: either way nc1_lower is a
+# route's Phi and nc1_lower_condition that route's own condition, which RELIABLE_CONDITION is compared with.
+SETTLED_COLUMNS = {"nc1_lower": "nc1_lower", "nc1_upper": "nc1_upper", "nc1_outputs": "nc1_outputs",
                    "nc3_centred": "nc3_centred_ridge", "nc3_centred_within": "nc3_centred_within",
                    "nc3_centred_asymmetry": "nc3_centred_asymmetry", "output_asymmetry": "output_asymmetry",
                    "sigma_w_max": "sigma_w_max", "sigma_w_means": "sigma_w_means",
-                   "lower_condition_pinv": "nc1_lower_condition"}
+                   "lower_condition": "nc1_lower_condition", "nc1_lower_pinv": "nc1_lower_pinv",
+                   "lower_condition_pinv": "nc1_lower_pinv_condition"}
 # Either route loses about its own condition number x 2.2e-16 of Phi's relative accuracy in float64: cond(M A^{1/2})
 # for the stable route (lower_condition), cond(M A M^T) = cond(M A^{1/2})^2 for the outputs formula
 # (lower_condition_pinv, the settled rows' nc1_lower_condition). Above this condition number of its own route
@@ -566,10 +569,10 @@ def bounds_table(runs) -> pd.DataFrame:
     variance sigma_means along the centred means, the outputs' NC1, and the centred NC3 (the network's, the ridge
     readout's) with its two parts.
 
-    ``nc1_lower`` is the Phi the settled row recorded: item 2's outputs-only formula (:data:`SETTLED_COLUMNS`), whose
-    stable route needs Sigma_W and M, which the row does not keep. ``reliable``: that formula's pseudo-inverse is
-    conditioned well enough for float64 (``nc1_lower_condition`` = cond(M A M^T) at most :data:`RELIABLE_CONDITION`;
-    true where a run of metrics version 5 lacks the column). Runs measured before these columns (metrics version
+    ``nc1_lower`` is the Phi the settled row recorded (:data:`SETTLED_COLUMNS`): the stable route from metrics
+    version 7 on, item 2's outputs-only formula before. ``reliable``: that route is conditioned well enough for float64
+    (``nc1_lower_condition``, the route's own condition number, at most :data:`RELIABLE_CONDITION`; true where a run of
+    metrics version 5 lacks the column). Runs measured before these columns (metrics version
     < 5) are left out; a run at f = 0 keeps NaNs.
     """
     rows = []

@@ -112,9 +112,14 @@ def verdict(after: pd.DataFrame, column: str, factor: float = COLLAPSE_FACTOR, r
     if close <= reach * last:
         return Verdict("not decided", f"without weight decay it still falls fast enough (slope {s:.2f}) to close "
                        f"the gap by epoch {close:,.0f}", **numbers)
-    pace = (f"it has stopped falling (late slope {s:+.2g}), so the gap never closes" if not math.isfinite(close)
-            else f"at its late slope ({s:.2f}) closing it would take until epoch {close:.2g}")
-    return Verdict("yes", f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds) and {pace}", **numbers)
+    from .pages.display import number_text  # rounding noise in a slope reads 0, an infinite gap ∞
+
+    slope_text = number_text(s, 2)
+    pace = (f"it has stopped falling (late slope {slope_text}), so the gap never closes" if not math.isfinite(close)
+            else f"at its late slope ({slope_text}) closing it would take until epoch {close:.2g}")
+    gap_text = (f"the gap is {gap:.3g}x ({worst:.3g}x on the closest seeds)" if math.isfinite(gap) else
+                f"the best weight decay reaches 0 while without it the seed mean ends at {zero_mean:.2g}")
+    return Verdict("yes", f"{gap_text} and {pace}", **numbers)
 
 
 def float32_loss_floor(num_classes: int, width: int) -> float:

@@ -67,7 +67,9 @@ SCHEMA_VERSION = 2
 #    nc1_lower, nc1_upper, nc1_outputs, nc3_centred_ridge, nc3_centred_within, nc3_centred_asymmetry,
 #    output_asymmetry, sigma_w_max, sigma_w_means).
 # 6: settled rows record nc1_lower_condition, the condition number of what the lower bound pseudo-inverts.
-METRICS_VERSION = 6
+# 7: settled rows record the lower bound by the stable route (nc1_lower, nc1_lower_condition = cond(M A^1/2)) and the
+#    outputs formula beside it (nc1_lower_pinv, nc1_lower_pinv_condition = cond(M A M^T)).
+METRICS_VERSION = 7
 RUN_COLUMNS = ("run_id", "dataset", "model", "weight_decay", "seed")
 RUN_FILES = ("metrics.csv", "model.pt", "meta.json", "checkpoint.pt", "failed.json")
 RESULT_FILES = ("metrics.csv", "model.pt")  # the files meta.json covers with their sha256

@@ -373,9 +373,16 @@ def test_the_lower_bounds_condition_number_is_that_of_what_it_pseudo_inverts():
                                meta={"data": {"train": {"dataset": "mnist"}}})
 
     table = bounds.bounds_table([run(got), run(degenerate)])
-    assert table["reliable"].tolist() == [True, False]
-    assert table["nc1_lower"].tolist() == [got["nc1_lower_pinv"], degenerate["nc1_lower_pinv"]]  # as recorded
-    assert bounds.bounds_summary(table).loc["mnist", "runs"] == 1
+    assert table["reliable"].tolist() == [True, True]  # the stable route resolves what the outputs formula could not
+    assert table["nc1_lower"].tolist() == [got["nc1_lower"], degenerate["nc1_lower"]]  # as recorded
+    assert bounds.bounds_summary(table).loc["mnist", "runs"] == 2
+    legacy = {**{c: degenerate[k] for k, c in bounds.SETTLED_COLUMNS.items()},
+              "nc1_lower": degenerate["nc1_lower_pinv"], "nc1_lower_condition": degenerate["lower_condition_pinv"]}
+    old = bounds.bounds_table([SimpleNamespace(settled=pd.Series({"train_error": 0.5, "nc1": degenerate["nc1"],
+                                                                   "nc3_centred": 0.1, **legacy}),
+                                               config=SimpleNamespace(weight_decay=lam, seed=0),
+                                               meta={"data": {"train": {"dataset": "mnist"}}})])
+    assert old["reliable"].tolist() == [False]  # a version-6 row: the outputs formula, flagged
 
 
 @pytest.mark.parametrize("offset", [1e-7, 1e-9])
@@ -394,14 +401,16 @@ def test_the_stable_route_resolves_what_the_pseudo_inverse_formula_cannot(offset
     assert got["nc1_lower"] <= got["nc1"] <= got["nc1_upper"]
 
 
-def test_settled_rows_record_the_outputs_formula_as_before():
-    """The columns and their meaning are those of metrics versions 5-6: nc1_lower is item 2's outputs formula and
-    nc1_lower_condition cond(M A M^T), so that cached and published runs keep their meaning."""
+def test_settled_rows_record_the_stable_route_and_the_outputs_formula_beside_it():
+    """Metrics version 7: nc1_lower is the stable route's Phi and nc1_lower_condition its condition cond(M A^1/2);
+    the outputs formula is kept beside it (nc1_lower_pinv, nc1_lower_pinv_condition = cond(M A M^T))."""
+    from ncpaper.results import METRICS_VERSION
+
+    assert METRICS_VERSION == 7
     assert list(bounds.SETTLED_COLUMNS.values()) == [
         "nc1_lower", "nc1_upper", "nc1_outputs", "nc3_centred_ridge", "nc3_centred_within", "nc3_centred_asymmetry",
-        "output_asymmetry", "sigma_w_max", "sigma_w_means", "nc1_lower_condition"]
-    assert bounds.SETTLED_COLUMNS["nc1_lower_pinv"] == "nc1_lower"
-    assert bounds.SETTLED_COLUMNS["lower_condition_pinv"] == "nc1_lower_condition"
+        "output_asymmetry", "sigma_w_max", "sigma_w_means", "nc1_lower_condition", "nc1_lower_pinv",
+        "nc1_lower_pinv_condition"]
     from ncpaper.models import make_model
 
     torch.manual_seed(0)
@@ -409,7 +418,9 @@ def test_settled_rows_record_the_outputs_formula_as_before():
     split = SimpleNamespace(x=torch.randn(40, 10, dtype=torch.float64), y=torch.arange(40) % 4)
     values = bounds.settled_columns(model, split, 0.02)
     got = bounds.output_spread_bounds(model.features(split.x).detach(), split.y, 0.02)
-    assert values["nc1_lower"] == got["nc1_lower_pinv"] and values["nc1_lower_condition"] == got["lower_condition_pinv"]
+    assert values["nc1_lower"] == got["nc1_lower"] and values["nc1_lower_condition"] == got["lower_condition"]
+    assert values["nc1_lower_pinv"] == got["nc1_lower_pinv"]
+    assert values["nc1_lower_pinv_condition"] == got["lower_condition_pinv"]
 
 
 def test_the_share_is_taken_over_the_runs_that_fit_their_training_set():

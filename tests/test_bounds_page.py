@@ -40,7 +40,7 @@ def test_the_settled_paragraph_counts_runs_and_leaves_out_what_float64_cannot_re
     assert "on every one of them $\\Phi \\le \\mathrm{NC1} \\le$ upper." in text
     assert "On the other 1, at λ = 0.2 with 30% to 30% of the training set misclassified" in text
     assert "condition number 1e+15 to 1e+15" in text
-    assert "The stable route of item 2 would divide by only the square root of that condition number, but it needs" \
+    assert "even by the stable route, which divides by the square root of the outputs formula's condition number" \
         in text
     assert text.endswith("Of the 2 runs whose Φ is resolved, 2 fit their training set (training error at most 0.2%): "
                          "on them the outputs alone explain 50% to 90% of the measured NC1. By λ: the table below.")

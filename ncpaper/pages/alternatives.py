@@ -15,7 +15,6 @@ from functools import cached_property
 import pandas as pd
 
 from ..alternatives import (
-    ARMS,
     COLLAPSE_WITHIN,
     DEFAULT_SETTING,
     MEASURES,
@@ -124,13 +123,15 @@ class AlternativesPage:
         return f"{answer}: {values}, λ = {v.best_lambda:g}"
 
     def answer_frame(self, dataset: str) -> pd.DataFrame:
-        """One row per comparison (arm, setting) on ``dataset``; per measure, λ = 0's end values (seed range) → the
-        best λ > 0's, the fold (seed means), that λ and our rule's answer."""
+        """One row per comparison on ``dataset`` (its setting names the arm's knob, and the epochs where they are not
+        3,000); per measure, the outcome, λ = 0's end values (seed range) → the best λ > 0's, the fold (seed means)
+        and that λ."""
         rows = []
         for c in self.of(dataset):
-            row = {"arm": ARMS[c.arm], "setting": c.setting + (" (the horizon runs)" if c.setting == DEFAULT_SETTING
-                                                                  else ""),
-                   "epochs": ", ".join(f"{e:,}" for e in c.epochs)}
+            epochs = max(c.epochs)
+            setting = c.setting + (" (the horizon runs)" if c.setting == DEFAULT_SETTING else "")
+            setting += f" ({epochs:,} epochs)" if epochs != 3000 else ""
+            row = {"setting": setting}
             row.update({name: self.cell(c, m) for m, name in MEASURES.items()})
             rows.append(row)
         return pd.DataFrame(rows)
@@ -205,22 +206,8 @@ class AlternativesPage:
         return out
 
     def takeaway(self) -> str:
-        """At most three lines: per answer, the measures (and datasets) it holds for, and the knobs that stand in for
-        weight decay where it is not necessary."""
-        groups, parts = self.groups(), []
-        if groups["not necessary"]:
-            kinds = [k for _, _, settings in groups["not necessary"] for s in settings
-                     for k in _knob_kinds([s]).split(" or ")]
-            common = sorted(set(kinds), key=lambda k: (-kinds.count(k), k))[:2]
-            parts.append(f"Not for {_measures(groups['not necessary'])}: at λ = 0 some settings reach weight "
-                         f"decay's values (e.g. {' or '.join(common)})")
-        if groups["necessary"]:
-            parts.append(f"Necessary for {_measures(groups['necessary'])}"
-                         + (", wherever weight decay collapses it"
-                            if any(settings for _, _, settings in groups["necessary"]) else ""))
-        if groups["mixed"]:
-            parts.append(f"Not decided for {_measures(groups['mixed'])}")
-        return (f"**Is weight decay necessary?** {'. '.join(parts)}. After interpolation; seeds "
+        """At most three lines: :meth:`one_line` and what it rests on."""
+        return (f"**Is weight decay necessary?** {self.one_line()} After interpolation; seeds "
                 f"{', '.join(map(str, self.seeds))}; {len(self.settings_tried())} settings; our rule, not the paper's.")
 
     def settings_tried(self) -> list[str]:
@@ -272,19 +259,22 @@ class AlternativesPage:
             minutes=("minutes", "sum")).reset_index()
 
     def one_line(self) -> str:
-        """The answer in one line, grouped by answer (for the landing page): which measures need weight decay, which
-        do not, and which knobs stand in for it."""
-        groups = self.groups()
-        parts = []
+        """The answer in at most three lines (the landing page's and the takeaway's): per answer, the measures and
+        datasets it holds for, and the knobs that stand in for weight decay where it is not necessary."""
+        groups, parts = self.groups(), []
         if groups["not necessary"]:
-            parts.append("not necessary for " + _pairs(groups["not necessary"], knobs=True))
+            kinds = [k for _, _, settings in groups["not necessary"] for s in settings
+                     for k in _knob_kinds([s]).split(" or ")]
+            common = sorted(set(kinds), key=lambda k: (-kinds.count(k), k))[:2]
+            parts.append(f"Not for {_measures(groups['not necessary'])}: at λ = 0 some settings reach weight "
+                         f"decay's values (e.g. {' or '.join(common)})")
         if groups["necessary"]:
-            parts.append("necessary for " + _pairs(groups["necessary"])
-                         + (" (in every setting where weight decay collapses it)"
-                            if any(s for _, _, s in groups["necessary"]) else ""))
+            parts.append(f"Necessary for {_measures(groups['necessary'])}"
+                         + (", wherever weight decay collapses it"
+                            if any(settings for _, _, settings in groups["necessary"]) else ""))
         if groups["mixed"]:
-            parts.append("not decided for " + _pairs(groups["mixed"]))
-        return "; ".join(parts)
+            parts.append(f"Not decided for {_measures(groups['mixed'])}")
+        return ". ".join(parts) + "."
 
     @property
     def seeds(self) -> list[int]:
@@ -524,24 +514,6 @@ def _knob_kinds(settings) -> str:
         else:
             kinds.append({"ConvNet": "a ConvNet"}.get(setting, setting))
     return " or ".join(dict.fromkeys(kinds))
-
-
-def _pairs(items, knobs: bool = False) -> str:
-    """ "NC1 on both datasets (λ = 0 reaches weight decay's value with a smaller initialisation or a 4x learning
-    rate), NC3 (W centred) on CIFAR-10" from (measure, dataset, settings) triples."""
-    by_measure: dict = {}
-    for m, d, settings in items:
-        by_measure.setdefault(m, []).append((d, settings))
-    parts = []
-    for m, entries in by_measure.items():
-        datasets = [d for d, _ in entries]
-        where = "both datasets" if len(datasets) == len(DATASET_NAMES) else " and ".join(DATASET_NAMES[d]
-                                                                                        for d in datasets)
-        detail = ""
-        if knobs:
-            detail = f" (λ = 0 reaches weight decay's value with {_knob_kinds(s for _, ss in entries for s in ss)})"
-        parts.append(f"{MEASURES[m]} on {where}{detail}")
-    return ", ".join(parts)
 
 
 def alternatives_page(profile: str = "alternatives", horizon_profile: str = "horizon",

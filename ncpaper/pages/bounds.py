@@ -23,8 +23,8 @@ DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 def takeaway() -> str:
     """The page's takeaway: what each bound needs. Phi (item 2) is written in the outputs alone (F and Sigma_f);
     the upper bound (item 3) needs besides them lambda, G = M M^T and s_max(Sigma_W), which are the features'."""
-    return ("Beyond the paper: the NC1 of the last hidden layer is bounded below by the outputs alone (their mean "
-            "per class and spread within a class), and above by the outputs with λ and the features' centred-means "
+    return ("Beyond the paper: last-layer NC1 is bounded below by the outputs alone (class means, within-class "
+            "spread), and above by the outputs with λ and the features' centred-means "
             r"Gram matrix $G$ and $s_{\max}(\Sigma_W)$. All six parts are proved and hold to rounding on random "
             "features.")
 
@@ -91,6 +91,14 @@ def identity_markdown(checks: pd.DataFrame) -> str:
     return (f"Every identity holds to {checks['worst identity'].max():.0e}, and {held}. The lower bound explains "
             f"{checks['share'].min():.0%} to {checks['share'].max():.0%} of NC1, least in the setting with $p$ = "
             f"{int(least['p'])} features and $n$ = {int(least['C'] * least['N'])} examples.")
+
+
+def unresolved(rows: pd.DataFrame) -> pd.Series:
+    """The rows whose Φ float64 cannot resolve: its condition above ``RELIABLE_CONDITION``, or Φ above the measured
+    NC1 (which a resolved Φ never is)."""
+    from ..bounds import RELIABLE_CONDITION
+
+    return (rows["lower_condition"] > RELIABLE_CONDITION) | (rows["nc1_lower"] > rows["nc1"] * (1 + 1e-9))
 
 
 def identity_table_html(checks: pd.DataFrame) -> _HTML:
@@ -186,13 +194,12 @@ class BoundsPage:
         conditioned = (
             f"On the other {len(rounding)}, at λ = {lambda_list(set(rounding['weight_decay']))} with "
             f"{rounding['train_error'].min():.0%} to {rounding['train_error'].max():.0%} of the training set "
-            f"misclassified, the centred class means nearly lose a direction: the matrix $P(R^{{-1}} - I)P$ that "
-            f"the recorded $\\Phi$ pseudo-inverts has condition number {rounding['lower_condition'].min():.0e} to "
+            f"misclassified, the centred class means nearly lose a direction: the matrix that "
+            f"the recorded $\\Phi$ divides by has condition number {rounding['lower_condition'].min():.0e} to "
             f"{rounding['lower_condition'].max():.0e}, so float64 rounding decides $\\Phi$ there and those runs are "
             "left out of the check and of the shares below (they are not counterexamples: item 2 is proved; "
-            "settling the same network again gives other values of $\\Phi$ there). The stable route of item 2 would "
-            "divide by only the square root of that condition number, but it needs $\\Sigma_W$ and $M$, which a "
-            "settled row does not keep. " if len(rounding) else "")
+            "settling the same network again gives other values of $\\Phi$ there), even by the stable route, "
+            "which divides by the square root of the outputs formula's condition number. " if len(rounding) else "")
         holds = ("on every one of them $\\Phi \\le \\mathrm{NC1} \\le$ upper. " if ordered.all() else
                  f"**the ordering fails on {int((~ordered).sum())} of them**: $\\Phi \\le \\mathrm{{NC1}} \\le$ upper "
                  "does not hold there. ")
@@ -323,15 +330,18 @@ class BoundsPage:
                 "columns come when they are next trained (on a GPU), which measures every settled point with them.")
 
     def listing_table(self) -> _HTML:
+        """Every settled run's NC1 and bounds, the rows whose Φ float64 cannot resolve marked (:func:`unresolved`)."""
         from ..bounds import RELIABLE_CONDITION
 
         listing = self.every[["data", "runs", "weight_decay", "seed", "nc1", "nc1_lower", "nc1_upper",
                               "lower_condition"]].sort_values(["runs", "data", "weight_decay", "seed"], kind="stable")
         return table(listing.rename(columns={"runs": "part", "nc1_lower": "Φ (lower)", "nc1_upper": "upper",
                                              "lower_condition": "condition of Φ"}),
-                     f"Table: NC1, its lower bound Φ (as recorded: item 2's outputs formula) and its upper bound at "
+                     f"Table: NC1, its lower bound Φ (as recorded: the stable route) and its upper bound at "
                      f"every settled weight-decay run (profile '{self.profile}'); dashes: f = 0; condition of Φ "
-                     f"(of M A Mᵀ) above {RELIABLE_CONDITION:.0e}: float64 cannot resolve Φ.", precision=3)
+                     f"(of M A^½) above {RELIABLE_CONDITION:.0e}: float64 cannot resolve Φ.", precision=3,
+                     marked=(unresolved(listing), f"unresolved: the condition of Φ is above {RELIABLE_CONDITION:.0e} "
+                                                  "or Φ exceeds the measured NC1, so float64 cannot resolve Φ here."))
 
     def glue(self) -> None:
         """Glue the page's counts and shares (for the tests), without displaying anything."""
