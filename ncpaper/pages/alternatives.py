@@ -207,8 +207,8 @@ class AlternativesPage:
 
     def takeaway(self) -> str:
         """At most three lines: :meth:`one_line` and what it rests on."""
-        return (f"**Is weight decay necessary?** {self.one_line()} After interpolation; seeds "
-                f"{', '.join(map(str, self.seeds))}; {len(self.settings_tried())} settings; our rule, not the paper's.")
+        seeds = f"{min(self.seeds)}–{max(self.seeds)}" if len(self.seeds) > 2 else ", ".join(map(str, self.seeds))
+        return f"{self.one_line()} After interpolation; seeds {seeds}; both datasets unless named; our rule."
 
     def settings_tried(self) -> list[str]:
         return sorted({(c.arm, c.setting) for c in self.comparisons if c.arm != "small_lambda"})
@@ -266,14 +266,14 @@ class AlternativesPage:
             kinds = [k for _, _, settings in groups["not necessary"] for s in settings
                      for k in _knob_kinds([s]).split(" or ")]
             common = sorted(set(kinds), key=lambda k: (-kinds.count(k), k))[:2]
-            parts.append(f"Not for {_measures(groups['not necessary'])}: at λ = 0 some settings reach weight "
-                         f"decay's values (e.g. {' or '.join(common)})")
+            parts.append(f"Not necessary for {_measures(groups['not necessary'])} (λ = 0 gets there with "
+                         f"{' or '.join(common)})")
         if groups["necessary"]:
             parts.append(f"Necessary for {_measures(groups['necessary'])}"
-                         + (", wherever weight decay collapses it"
+                         + (", where weight decay collapses them"
                             if any(settings for _, _, settings in groups["necessary"]) else ""))
         if groups["mixed"]:
-            parts.append(f"Not decided for {_measures(groups['mixed'])}")
+            parts.append(f"Undecided for {_measures(groups['mixed'])}")
         return ". ".join(parts) + "."
 
     @property
@@ -491,25 +491,26 @@ class AlternativesPage:
 
 
 def _measures(items) -> str:
-    """ "NC1 and NC4 (both datasets), NC3 (raw W) on CIFAR-10" from (measure, dataset, settings) triples."""
+    """ "NC1 and NC4, NC3 (raw W) on CIFAR-10" from (measure, dataset, settings) triples: a measure without a dataset
+    holds on every dataset."""
     datasets: dict = {}
     for m, d, _ in items:
         datasets.setdefault(m, []).append(d)
     by_where: dict = {}
     for m, ds in datasets.items():
-        where = "both datasets" if len(ds) == len(DATASET_NAMES) else " and ".join(DATASET_NAMES[d] for d in ds)
+        where = "" if len(ds) == len(DATASET_NAMES) else " on " + " and ".join(DATASET_NAMES[d] for d in ds)
         by_where.setdefault(where, []).append(MEASURES[m])
-    return ", ".join(f"{' and '.join(names)} on {where}" for where, names in by_where.items())
+    return ", ".join(f"{' and '.join(names)}{where}" for where, names in by_where.items())
 
 
 def _knob_kinds(settings) -> str:
-    """What the settings moved, in words: "a smaller initialisation or a 4x learning rate", "a ConvNet", ..."""
+    """What the settings moved, in words: "a smaller init or a 4x rate", "a ConvNet", ..."""
     kinds = []
     for setting in settings:
         if setting.startswith("init ×"):
             init, rate = (float(part.split("×")[1]) for part in setting.split(", "))
-            kinds += ["a smaller initialisation"] if init < 1 else []
-            kinds += [f"a {rate:g}x learning rate"] if rate != 1 else []
+            kinds += ["a smaller init"] if init < 1 else []
+            kinds += [f"a {rate:g}x rate"] if rate != 1 else []
             kinds += ["the default knobs"] if init == 1 and rate == 1 else []
         else:
             kinds.append({"ConvNet": "a ConvNet"}.get(setting, setting))
