@@ -720,7 +720,8 @@ def _prepare_folder(path: Path, config: RunConfig) -> bool:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-probe.tmp{os.getpid()}"
         _write_file(probe, b"")
-        probe.unlink()
+        # outside the lock: a process holding it may already have removed the probe as a leftover (_remove_leftovers)
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise ResultsFolderError(f"cannot write the run into {path} ({err.strerror or err}): the run is not "
                                  "cached there; give a writable --results (or NCPAPER_RESULTS)") from None

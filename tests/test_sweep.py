@@ -105,3 +105,21 @@ def test_workers_keep_glibcs_dynamic_mmap_threshold():
 
     env = _worker_environment()
     assert "MALLOC_TRIM_THRESHOLD_" not in env and str(env["OMP_NUM_THREADS"]) == "1"
+
+
+def test_a_write_probe_removed_by_the_lock_holder_is_not_an_error(tmp_path, monkeypatch):
+    """The race behind a flaky overlapping-sweeps failure: _prepare_folder writes its probe outside the lock, and
+    the lock holder's _remove_leftovers deletes every temporary file, the probe included, before it is unlinked."""
+    from ncpaper import results
+    from ncpaper.train import RunConfig
+
+    written = results._write_file
+
+    def write_then_lose(path, data):
+        written(path, data)
+        results._remove_leftovers(path.parent)  # what the other process, holding the lock, does meanwhile
+
+    monkeypatch.setattr(results, "_write_file", write_then_lose)
+    config = RunConfig.from_dict({"dataset": "mnist", "sizes": {"widths": [4]}, "n_per_class": 2,
+                                  "n_test_per_class": 1, "epochs": 1, "n_measurements": 1})
+    assert results._prepare_folder(tmp_path / "results" / "run", config) is True
