@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .alternatives import fit_power_law
+from .necessity import DATASET_NAMES
 from .palette import lambda_colour
 from .plots import PAGE_FONTS, PAGE_WIDTH_IN
 
@@ -58,16 +59,12 @@ def alternatives_figure(rows: dict, measures: dict, n_train: dict) -> plt.Figure
                 if r == 0:
                     ax.set_title(title)
                 if k == 0:
-                    ax.set_ylabel(dataset_name(dataset), fontsize=8)
+                    ax.set_ylabel(DATASET_NAMES.get(dataset, dataset), fontsize=8)
         handles = [plt.Line2D([], [], marker="o", color=ZERO_COLOUR, linestyle="", label="λ = 0"),
                    plt.Line2D([], [], marker="D", color="grey", linestyle="",
                               label="best λ > 0 (its colour: that λ)")]
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
     return fig
-
-
-def dataset_name(dataset: str) -> str:
-    return {"mnist": "MNIST", "cifar10": "CIFAR-10"}.get(dataset, dataset)
 
 
 def collapse_time_figure(times: pd.DataFrame, small: dict, names: dict) -> plt.Figure:
